@@ -1,0 +1,58 @@
+# Digit Lab: `make help` lists the targets.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SHARED_DATA := ../shared/data
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The recipe of models/default (its metadata records the same options).
+DEFAULT_RECIPE := --arch vggbn --epochs 15 --batch-size 128 --lr 3e-3 --optimizer adamw \
+	--weight-decay 5e-4 --schedule onecycle --augment draw --seed 0
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data chromium test test-fast lint format train evaluate default-model benchmark clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+data: ## link data/mnist to ../shared/data/mnist when it exists (else MNIST downloads on first use)
+	@if [ ! -e data/mnist ] && [ -d $(SHARED_DATA)/mnist ]; then \
+		ln -s ../$(SHARED_DATA)/mnist data/mnist && echo "data/mnist -> $(SHARED_DATA)/mnist"; fi
+
+setup: $(VENV)/.installed data ## create .venv with every package, link the data
+
+chromium: ## install Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium)
+	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+test: setup chromium ## set up, then run every test
+	$(PY) -m pytest -q
+
+test-fast: setup ## the tests that train nothing and start no server
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup ## ruff checks
+	$(PY) -m ruff check digitlib tests benchmarks
+
+format: setup ## ruff formatting
+	$(PY) -m ruff format digitlib tests benchmarks
+
+train: setup ## train a model: make train ARGS="--name myrun --epochs 3"
+	$(PY) -m digitlib train $(ARGS)
+
+evaluate: setup ## evaluate models/default (or MODEL=path) on the MNIST test set
+	$(PY) -m digitlib evaluate $(if $(MODEL),--model $(MODEL))
+
+default-model: setup ## retrain models/default with its recorded recipe
+	$(PY) -m digitlib train --name default $(DEFAULT_RECIPE)
+
+benchmark: setup ## seed vs default architecture: accuracy, time, images/s
+	$(PY) benchmarks/train_speed.py
+
+clean: ## remove caches (keeps .venv, data and models)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,145 @@
+"""Command line: `digitlib train`, `evaluate`, `eval-drawings` (also `python -m digitlib`).
+
+Thin: parses arguments, calls library code, prints results. With --json the last line of
+standard output is one JSON object (a contract used by outside checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+from digitlib import config
+
+log = logging.getLogger("digitlib")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    from digitlib.modeling.train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        kind = hints[f.name]
+        convert = next((t for t in (int, float, str) if t in typing.get_args(kind) or kind is t), str)
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=convert,
+            default=f.default,
+            help=f"{f.metadata['help']} (default: {f.default})",
+        )
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from digitlib.dataset import load_mnist, train_val_split
+    from digitlib.modeling.predict import evaluate
+    from digitlib.modeling.train import TrainConfig, save_training, train
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    full = load_mnist("train", args.mnist_dir)
+    train_digits, val_digits = train_val_split(full, cfg.val_size, seed=0)
+    n_train = len(train_digits.head(cfg.train_subset))
+    log.info("training %s on %d images (validation %d)", cfg.arch, n_train, len(val_digits))
+    result = train(cfg, train_digits, val_digits)
+    extra = {"data_checksum": full.checksum(), "command": " ".join(["digitlib", *sys.argv[1:]])}
+    if not args.no_test:
+        test = evaluate(result.as_loaded(), load_mnist("test", args.mnist_dir)).summary()
+        keep = ("accuracy", "n", "per_class_accuracy", "mean_confidence", "nll")
+        extra["metrics"] = {"test": {k: test[k] for k in keep}}
+    out = Path(args.out) if args.out else config.MODELS_DIR / args.name
+    save_training(result, out, extra)
+    last = result.history[-1]
+    return {
+        "model": str(out),
+        "epochs": len(result.history),
+        "val_accuracy": last.get("val_accuracy"),
+        "test_accuracy": extra.get("metrics", {}).get("test", {}).get("accuracy"),
+        "train_seconds": round(result.train_seconds, 1),
+        "images_per_second": round(result.images_per_second, 1),
+        "device": result.device,
+    }
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from digitlib.dataset import load_mnist
+    from digitlib.modeling.checkpoint import load_model
+    from digitlib.modeling.predict import evaluate
+
+    model = load_model(args.model)
+    digits = load_mnist(args.split, args.mnist_dir)
+    summary = evaluate(model, digits).summary()
+    keep = ("accuracy", "n", "errors", "per_class_accuracy", "mean_confidence", "nll")
+    return {"model": str(model.path), "version": model.version, "split": args.split, **{k: summary[k] for k in keep}}
+
+
+def cmd_eval_drawings(args: argparse.Namespace) -> dict:
+    from digitlib.drawings import evaluate_drawings, load_drawings
+    from digitlib.modeling.checkpoint import load_model
+
+    model = load_model(args.model)
+    result = evaluate_drawings(model, load_drawings(args.file)).summary()
+    return {"model": str(model.path), "version": model.version, "file": str(args.file), **result}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digitlib", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model and write a model directory")
+    train.add_argument("--name", default="run", help="model directory name under models/ (default: run)")
+    train.add_argument("--out", help="model directory (overrides --name)")
+    train.add_argument("--mnist-dir", help="folder with the MNIST files (default: MNIST_DIR, data/mnist)")
+    train.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
+    train.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    _add_train_options(train)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a model on MNIST")
+    ev.add_argument("--model", help=f"model directory (default: {config.MODEL_DIR.name} setting, models/default)")
+    ev.add_argument("--split", default="test", choices=["test", "train"])
+    ev.add_argument("--mnist-dir", help="folder with the MNIST files")
+    ev.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ev.set_defaults(func=cmd_evaluate)
+
+    dr = sub.add_parser("eval-drawings", help="evaluate a model on recorded drawings through the dashboard's path")
+    dr.add_argument("file", nargs="?", default=config.DRAWINGS_FILE.get(), help="JSON-lines drawings file")
+    dr.add_argument("--model", help="model directory (default: models/default)")
+    dr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    dr.set_defaults(func=cmd_eval_drawings)
+    return parser
+
+
+def _print_human(result: dict) -> None:
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, dict):
+            value = ", ".join(
+                f"{k} {v['accuracy']:.4f} (n={v['n']})" if isinstance(v, dict) else f"{k} {v}" for k, v in value.items()
+            )
+        elif isinstance(value, list):
+            value = " ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value)
+        print(f"{key:>20}: {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from digitlib.dataset import DataError
+    from digitlib.modeling.checkpoint import CheckpointError
+
+    try:
+        result = args.func(args)
+    except (DataError, CheckpointError, ValueError) as e:
+        print(f"digitlib {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps(result))
+    else:
+        _print_human(result)
+    return 0

@@ -1,0 +1,60 @@
+"""Every path and setting of the project in one place.
+
+Paths are built from the package's own location, so notebooks, the CLI and the dashboard
+agree wherever they are started from. Settings come from the environment, with defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJ_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = PROJ_ROOT / "data"
+MODELS_DIR = PROJ_ROOT / "models"
+REPORTS_DIR = PROJ_ROOT / "reports"
+FIGURES_DIR = REPORTS_DIR / "figures"
+NOTEBOOKS_DIR = PROJ_ROOT / "notebooks"
+# Read-only data shared beside a checkout (development machines and CI).
+SHARED_DATA_DIR = PROJ_ROOT.parent / "shared" / "data"
+
+DEFAULT_MODEL_DIR = MODELS_DIR / "default"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment setting: its name, default and purpose (listed in the README)."""
+
+    name: str
+    default: str
+    help: str
+
+    def get(self) -> str:
+        return os.environ.get(self.name) or self.default
+
+
+MNIST_DIR = Setting("MNIST_DIR", "", "Folder holding the four MNIST IDX files (.gz or raw).")
+MODEL_DIR = Setting("DIGITLIB_MODEL", str(DEFAULT_MODEL_DIR), "Model directory used by default.")
+DRAWINGS_FILE = Setting(
+    "DRAWINGS_FILE",
+    str(SHARED_DATA_DIR / "pen-digits" / "unipen-dev.jsonl"),
+    "Recorded drawings (JSON lines) used to evaluate on digits people drew.",
+)
+DATABASE_URL = Setting(
+    "DATABASE_URL",
+    f"sqlite:///{DATA_DIR / 'feedback.db'}",
+    "SQLAlchemy URL of the feedback store (SQLite file by default, or postgresql+psycopg2://...).",
+)
+DEVICE = Setting("DIGITLIB_DEVICE", "auto", "Torch device for training: auto, cpu, cuda or mps.")
+
+SETTINGS = (MNIST_DIR, MODEL_DIR, DRAWINGS_FILE, DATABASE_URL, DEVICE)
+
+
+def mnist_search_dirs() -> list[Path]:
+    """Where MNIST is looked for, in order: the MNIST_DIR setting, then data/mnist/."""
+    dirs = []
+    if MNIST_DIR.get():
+        dirs.append(Path(MNIST_DIR.get()).expanduser())
+    dirs.append(DATA_DIR / "mnist")
+    return dirs

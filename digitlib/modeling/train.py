@@ -1,0 +1,243 @@
+"""Training: whole dataset as tensors on the device, batch augmentation, a per-epoch history.
+
+The same code runs on CPU, CUDA and MPS; the device is chosen at run time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from digitlib import augment
+from digitlib.dataset import MNIST_MEAN, MNIST_STD, Digits
+from digitlib.modeling.checkpoint import LoadedModel, save_model
+from digitlib.modeling.models import DEFAULT_ARCH, build_model
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; recorded in the model's metadata."""
+
+    arch: str = _help("architecture: seed or vggbn", default=DEFAULT_ARCH)
+    epochs: int = _help("passes over the training set", default=15)
+    batch_size: int = _help("images per step", default=128)
+    lr: float = _help("peak learning rate", default=3e-3)
+    optimizer: str = _help("adamw, adam or sgd", default="adamw")
+    weight_decay: float = _help("decoupled weight decay (AdamW) or L2 (SGD)", default=5e-4)
+    schedule: str = _help("onecycle, cosine, step (x0.7 per epoch) or constant", default="onecycle")
+    label_smoothing: float = _help("cross-entropy label smoothing", default=0.0)
+    augment: str = _help("augmentation preset: none, light or draw", default="draw")
+    seed: int = _help("seed for weights, data order and augmentation", default=0)
+    val_size: int = _help("validation images held out of the training set", default=5000)
+    train_subset: int | None = _help("use only the first N training images", default=None)
+    device: str = _help("auto, cpu, cuda or mps", default="auto")
+    target_accuracy: float | None = _help("stop once validation accuracy reaches this", default=None)
+    threads: int | None = _help("CPU threads (default: all cores)", default=None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    config: TrainConfig
+    history: list[dict]
+    device: str
+    train_seconds: float  # time in training steps, validation excluded
+    images_seen: int
+    stopped_early: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_seen / self.train_seconds if self.train_seconds else 0.0
+
+    def as_loaded(self) -> LoadedModel:
+        """The trained model ready for prediction (evaluation mode, same normalisation)."""
+        self.model.eval()
+        return LoadedModel(self.model, {"normalisation": {"mean": MNIST_MEAN, "std": MNIST_STD}})
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu, unless one is requested."""
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on BatchNorm and biases (standard practice; they are not weights to shrink).
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}: adamw, adam or sgd")
+
+
+def _scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
+    """A per-step schedule (None for constant)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.2)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.7 ** (step // steps_per_epoch))
+    if cfg.schedule == "constant":
+        return None
+    raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, cosine, step or constant")
+
+
+def _to_model_input(images: torch.Tensor, aug: augment.Augmentation, generator) -> torch.Tensor:
+    x = images.float().div_(255.0).unsqueeze(1)
+    x = augment.augment_batch(x, aug, generator)
+    return x.sub_(MNIST_MEAN).div_(MNIST_STD).contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def evaluate_loss_accuracy(model: nn.Module, digits: Digits, batch_size: int = 2000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on `digits` (already on the model's device)."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(digits), batch_size):
+        x = _to_model_input(digits.images[i : i + batch_size], augment.PRESETS["none"], None)
+        y = digits.labels[i : i + batch_size]
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    n = max(len(digits), 1)
+    return loss_sum / n, correct / n
+
+
+EpochCallback = Callable[[dict, nn.Module], None]
+
+
+def train(
+    cfg: TrainConfig,
+    train_digits: Digits,
+    val_digits: Digits | None = None,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a fresh model; returns it with its per-epoch history.
+
+    `on_epoch(record, model)` is called after each epoch (benchmarks use it to test the model
+    as it trains, outside the timed part).
+    """
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError("epochs and batch_size must be at least 1")
+    device = pick_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    seed_everything(cfg.seed)
+    aug = augment.get_augmentation(cfg.augment)
+    train_digits = train_digits.head(cfg.train_subset)
+    train_digits = Digits(train_digits.images.to(device), train_digits.labels.to(device))
+    if val_digits is not None:
+        val_digits = Digits(val_digits.images.to(device), val_digits.labels.to(device))
+
+    model = build_model(cfg.arch).to(device).to(memory_format=torch.channels_last)
+    opt = _optimizer(cfg, model)
+    steps_per_epoch = math.ceil(len(train_digits) / cfg.batch_size)
+    sched = _scheduler(cfg, opt, steps_per_epoch)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    # bf16 autocast where the hardware does it well; CPU stays in fp32 (faster and exact there).
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    history: list[dict] = []
+    train_seconds, images_seen, stopped = 0.0, 0, False
+    epochs = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", disable=not progress)
+    for epoch in epochs:
+        model.train()
+        order = torch.randperm(len(train_digits), device=device, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        start = time.perf_counter()
+        batches = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not progress)
+        for step in batches:
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x = _to_model_input(train_digits.images[idx], aug, generator)
+            y = train_digits.labels[idx]
+            with autocast:
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            # Accumulate on the device: no host sync per step.
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        train_seconds += seconds
+        images_seen += len(train_digits)
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / len(train_digits),
+            "train_accuracy": correct.item() / len(train_digits),
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_second": len(train_digits) / seconds,
+        }
+        if val_digits is not None and len(val_digits):
+            record["val_loss"], record["val_accuracy"] = evaluate_loss_accuracy(model, val_digits)
+        history.append(record)
+        epochs.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k.endswith(("loss", "accuracy"))})
+        if on_epoch:
+            on_epoch(record, model)
+        if cfg.target_accuracy and record.get("val_accuracy", 0) >= cfg.target_accuracy:
+            stopped = True
+            break
+    model.eval()
+    return TrainResult(model.cpu(), cfg, history, str(device), train_seconds, images_seen, stopped)
+
+
+def save_training(result: TrainResult, directory: str | Path, extra_metadata: dict | None = None) -> Path:
+    """Save a trained model with its configuration, history and timings."""
+    meta = {
+        "arch": result.config.arch,
+        "arch_params": {},
+        "training": result.config.to_dict(),
+        "history": result.history,
+        "device": result.device,
+        "train_seconds": round(result.train_seconds, 2),
+        "images_per_second": round(result.images_per_second, 1),
+        "stopped_early": result.stopped_early,
+        "torch_version": torch.__version__,
+        **(extra_metadata or {}),
+    }
+    return save_model(result.model, directory, meta)

@@ -1,0 +1,177 @@
+"""The one path from a drawing (strokes on the canvas) to the model's 28x28 input.
+
+Used by the dashboard, by `eval-drawings` and by training on feedback alike. It follows how
+MNIST was made: crop to the ink, scale to fit a 20x20 box keeping the aspect ratio
+(anti-aliased), then place in 28x28 with the centre of mass at the centre.
+
+Strokes are rendered from their recorded points (not from canvas pixels), with a brush whose
+width follows the size of the drawing, so a small and a large drawing of the same digit give
+the same MNIST-like stroke thickness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+CANVAS_SIZE = 280  # the dashboard's canvas and the recorded drawings, in pixels
+MNIST_BOX = 20  # MNIST digits fit a 20x20 box inside 28x28
+MNIST_SIZE = 28
+
+# Limits that refuse absurd input (a hostile browser, a runaway touch screen).
+MAX_STROKES = 50
+MAX_POINTS = 5_000
+COORD_MARGIN = CANVAS_SIZE  # points may lie this far outside the canvas, no further
+
+Stroke = Sequence[Sequence[float]]
+
+
+class DrawingError(ValueError):
+    """A drawing that cannot become a model input: empty, malformed or absurd."""
+
+
+@dataclass(frozen=True)
+class Brush:
+    """How strokes are inked: the dashboard draws with it and the model input is rendered with it.
+
+    `relative_width` is the pen width as a fraction of the drawing's larger side, the rule
+    that gives MNIST-like thickness at any drawing size; `display_width` is what the visitor
+    sees on the canvas while drawing.
+    """
+
+    relative_width: float = 0.15
+    min_width: float = 2.0  # canvas px: a tiny drawing still gets visible ink
+    display_width: float = 18.0
+    colour: str = "white"
+    background: str = "black"
+
+    def width_for(self, extent: float) -> float:
+        return max(self.min_width, self.relative_width * extent)
+
+
+DEFAULT_BRUSH = Brush()
+
+
+def validate_strokes(strokes, canvas_size: int = CANVAS_SIZE) -> list[np.ndarray]:
+    """Check a drawing and return its strokes as float arrays of shape (points, 2).
+
+    Raises DrawingError for an empty drawing, malformed points, non-finite or far-off
+    coordinates, or more strokes or points than a person draws for one digit.
+    """
+    if not isinstance(strokes, list | tuple):
+        raise DrawingError(f"strokes must be a list of strokes, not {type(strokes).__name__}")
+    if len(strokes) > MAX_STROKES:
+        raise DrawingError(f"{len(strokes)} strokes: at most {MAX_STROKES} per drawing")
+    arrays, total = [], 0
+    for i, stroke in enumerate(strokes):
+        try:
+            points = np.asarray(stroke, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise DrawingError(f"stroke {i}: points must be [x, y] numbers ({e})") from None
+        if points.size == 0:
+            continue
+        if points.ndim != 2 or points.shape[1] != 2:
+            raise DrawingError(f"stroke {i}: points must be [x, y] pairs, got shape {points.shape}")
+        total += len(points)
+        if total > MAX_POINTS:
+            raise DrawingError(f"more than {MAX_POINTS} points: at most that per drawing")
+        if not np.isfinite(points).all():
+            raise DrawingError(f"stroke {i}: coordinates must be finite numbers")
+        if (points < -COORD_MARGIN).any() or (points > canvas_size + COORD_MARGIN).any():
+            raise DrawingError(f"stroke {i}: coordinates far outside the {canvas_size}x{canvas_size} canvas")
+        arrays.append(points)
+    if not arrays:
+        raise DrawingError("the drawing is empty: draw a digit first")
+    return arrays
+
+
+def render_strokes(strokes: list[np.ndarray], brush: Brush = DEFAULT_BRUSH, supersample: int = 2) -> np.ndarray:
+    """Ink the strokes on a black image just large enough for them; uint8 (h, w).
+
+    The brush width follows the drawing's larger side (brush.width_for); joints and ends
+    are round, as a pen's.
+    """
+    points = np.concatenate(strokes)
+    low, high = points.min(0), points.max(0)
+    width = brush.width_for(float((high - low).max()))
+    pad = width / 2 + 1
+    # Work at `supersample` times a scale where the drawing's larger side is ~100 px: cheap
+    # and the same whatever the canvas size.
+    scale = supersample * 100 / max(float((high - low).max()) + 2 * pad, 1e-6)
+    size = np.ceil((high - low + 2 * pad) * scale).astype(int) + 1
+    image = Image.new("L", (int(size[0]), int(size[1])), 0)
+    draw = ImageDraw.Draw(image)
+    for stroke in strokes:
+        _ink(draw, (stroke - low + pad) * scale, max(1, round(width * scale)))
+    return np.asarray(image)
+
+
+def _ink(draw: ImageDraw.ImageDraw, points: np.ndarray, width: int) -> None:
+    """One stroke with round joints and round ends, as a pen draws it."""
+    xy = [tuple(p) for p in points]
+    if len(xy) > 1:
+        draw.line(xy, fill=255, width=width, joint="curve")
+    r = width / 2
+    for x, y in (xy[0], xy[-1]):
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
+
+
+def to_mnist_layout(image: np.ndarray) -> np.ndarray:
+    """White-on-black image of any size -> 28x28 uint8 laid out as MNIST digits are."""
+    rows, cols = np.nonzero(image)
+    if len(rows) == 0:
+        raise DrawingError("the drawing is empty: draw a digit first")
+    crop = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    h, w = crop.shape
+    factor = MNIST_BOX / max(h, w)
+    new_w, new_h = max(1, round(w * factor)), max(1, round(h * factor))
+    small = np.asarray(Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS), dtype=np.float64)
+    small = np.clip(small, 0, 255)
+    mass = small.sum()
+    cy = (small.sum(1) * np.arange(new_h)).sum() / mass if mass else new_h / 2
+    cx = (small.sum(0) * np.arange(new_w)).sum() / mass if mass else new_w / 2
+    top = min(max(round(MNIST_SIZE / 2 - 0.5 - cy), 0), MNIST_SIZE - new_h)
+    left = min(max(round(MNIST_SIZE / 2 - 0.5 - cx), 0), MNIST_SIZE - new_w)
+    out = np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.uint8)
+    out[top : top + new_h, left : left + new_w] = np.round(small).astype(np.uint8)
+    return out
+
+
+def strokes_to_input(strokes, brush: Brush = DEFAULT_BRUSH, canvas_size: int = CANVAS_SIZE) -> torch.Tensor:
+    """The whole path: strokes in canvas pixels -> uint8 (28, 28) tensor for the model."""
+    arrays = validate_strokes(strokes, canvas_size)
+    return torch.from_numpy(to_mnist_layout(render_strokes(arrays, brush)))
+
+
+def drawings_to_inputs(drawings: Sequence, brush: Brush = DEFAULT_BRUSH) -> torch.Tensor:
+    """Many drawings (each a list of strokes) -> uint8 (N, 28, 28)."""
+    if not len(drawings):
+        return torch.empty(0, MNIST_SIZE, MNIST_SIZE, dtype=torch.uint8)
+    return torch.stack([strokes_to_input(s, brush) for s in drawings])
+
+
+def resize_canvas_directly(strokes, brush: Brush = DEFAULT_BRUSH, canvas_size: int = CANVAS_SIZE) -> torch.Tensor:
+    """The seed apps' way (whole canvas shrunk to 28x28), kept only as a baseline to compare."""
+    arrays = validate_strokes(strokes, canvas_size)
+    image = Image.new("L", (canvas_size, canvas_size), 0)
+    draw = ImageDraw.Draw(image)
+    for stroke in arrays:
+        _ink(draw, stroke, round(brush.display_width))
+    small = image.resize((MNIST_SIZE, MNIST_SIZE), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(small).copy())
+
+
+__all__ = [
+    "Brush",
+    "DEFAULT_BRUSH",
+    "DrawingError",
+    "drawings_to_inputs",
+    "render_strokes",
+    "strokes_to_input",
+    "to_mnist_layout",
+    "validate_strokes",
+]

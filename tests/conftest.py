@@ -1,0 +1,25 @@
+"""Shared fixtures: the real MNIST files (from ../shared/data or the configured folder)."""
+
+from __future__ import annotations
+
+import pytest
+
+from digitlib.dataset import DataError, find_mnist_dir, load_mnist
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    try:
+        return find_mnist_dir(download=False)
+    except DataError as e:
+        pytest.fail(f"MNIST is needed for these tests: {e}")
+
+
+@pytest.fixture(scope="session")
+def mnist_train(mnist_dir):
+    return load_mnist("train", mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def mnist_test(mnist_dir):
+    return load_mnist("test", mnist_dir)

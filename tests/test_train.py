@@ -1,0 +1,118 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from digitlib.dataset import train_val_split
+from digitlib.modeling.checkpoint import load_model
+from digitlib.modeling.predict import evaluate
+from digitlib.modeling.train import TrainConfig, pick_device, save_training, train
+
+
+def small_config(**kw):
+    return TrainConfig(**{"epochs": 1, "train_subset": 5000, "augment": "none", "seed": 0, **kw})
+
+
+@pytest.fixture(scope="module")
+def small_run(mnist_train):
+    train_digits, val_digits = train_val_split(mnist_train, 1000)
+    return train(small_config(), train_digits, val_digits, progress=False)
+
+
+def test_short_training_clearly_learns(small_run, mnist_test):
+    result = evaluate(small_run.as_loaded(), mnist_test.head(2000))
+    assert result.accuracy >= 0.90, result.accuracy
+
+
+def test_history_has_one_record_per_epoch(small_run):
+    (record,) = small_run.history
+    assert record["epoch"] == 1 and record["val_accuracy"] > 0.85
+    assert record["train_loss"] > 0 and record["images_per_second"] > 0
+
+
+def test_training_is_reproducible_with_a_seed(mnist_train):
+    digits = mnist_train.head(600)
+    cfg = small_config(train_subset=None, augment="draw", batch_size=100)
+    a = train(cfg, digits, progress=False).model.state_dict()
+    b = train(cfg, digits, progress=False).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_early_stop_on_target(mnist_train):
+    train_digits, val_digits = train_val_split(mnist_train.head(3000), 500)
+    result = train(small_config(epochs=5, target_accuracy=0.5), train_digits, val_digits, progress=False)
+    assert result.stopped_early and len(result.history) == 1
+
+
+def test_all_schedules_and_optimizers_run(mnist_train):
+    digits = mnist_train.head(256)
+    for schedule, optimizer in [("step", "adam"), ("cosine", "sgd"), ("constant", "adamw")]:
+        result = train(
+            small_config(schedule=schedule, optimizer=optimizer, arch="seed", train_subset=None), digits, progress=False
+        )
+        assert len(result.history) == 1
+
+
+def test_bad_options_are_refused(mnist_train):
+    with pytest.raises(ValueError, match="schedule"):
+        train(small_config(schedule="wavy"), mnist_train.head(100), progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        train(small_config(epochs=0), mnist_train.head(100), progress=False)
+
+
+def test_pick_device():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type in {"cpu", "cuda", "mps"}
+
+
+def test_saved_training_reloads_with_its_record(small_run, tmp_path, mnist_test):
+    save_training(small_run, tmp_path / "m", {"data_checksum": "abc"})
+    loaded = load_model(tmp_path / "m")
+    assert loaded.metadata["training"]["train_subset"] == 5000
+    assert loaded.metadata["history"] == small_run.history
+    before = evaluate(small_run.as_loaded(), mnist_test.head(500)).accuracy
+    assert evaluate(loaded, mnist_test.head(500)).accuracy == before
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "digitlib", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_train_then_evaluate_json(tmp_path):
+    out = tmp_path / "cli-model"
+    done = run_cli(
+        "train",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--train-subset",
+        "2000",
+        "--augment",
+        "none",
+        "--arch",
+        "seed",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    trained = json.loads(done.stdout.strip().splitlines()[-1])
+    assert trained["model"] == str(out) and 0.8 < trained["test_accuracy"] <= 1
+    done = run_cli("evaluate", "--json", "--model", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["n"] == 10_000 and result["accuracy"] == pytest.approx(trained["test_accuracy"])
+    assert len(result["per_class_accuracy"]) == 10
+
+
+def test_cli_evaluate_default_model_json():
+    done = run_cli("evaluate", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["n"] == 10_000 and result["accuracy"] >= 0.995
+
+
+def test_cli_reports_missing_model_clearly(tmp_path):
+    done = run_cli("evaluate", "--json", "--model", str(tmp_path / "none"))
+    assert done.returncode == 2 and "no model at" in done.stderr and "Traceback" not in done.stderr
