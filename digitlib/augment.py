@@ -37,7 +37,7 @@ PRESETS = {
     # Kaggle-style MNIST augmentation (rotation 10, zoom 0.1, shift 0.1).
     "light": Augmentation(rotation=10, scale=0.1, translate=0.1),
     # Digits drawn on a canvas: wider warps, wobbly strokes, thinner and thicker ink.
-    "draw": Augmentation(rotation=15, scale=0.15, shear=15, translate=0.1, elastic=1.5, thickness=0.7),
+    "draw": Augmentation(rotation=12, scale=0.15, shear=12, translate=0.1, elastic=1.0, thickness=0.5),
 }
 
 
@@ -77,7 +77,7 @@ def random_warp_grid(n: int, size: int, aug: Augmentation, generator=None, devic
     grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)
     if aug.elastic:
         # Smooth random displacement: coarse noise upsampled, in pixels -> grid units.
-        coarse = torch.randn(n, 2, 4, 4, generator=generator, device=device)
+        coarse = torch.randn(n, 2, 3, 3, generator=generator, device=device)
         field = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
         grid = grid + field.permute(0, 2, 3, 1) * (aug.elastic * 2 / size)
     return grid

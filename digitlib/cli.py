@@ -26,26 +26,28 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         kind = hints[f.name]
         convert = next((t for t in (int, float, str) if t in typing.get_args(kind) or kind is t), str)
+        # None means "as the recipe says": only options given on the command line override it.
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
             type=convert,
-            default=f.default,
-            help=f"{f.metadata['help']} (default: {f.default})",
+            default=None,
+            help=f"{f.metadata['help']} (default recipe: {f.default})",
         )
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
     from digitlib.dataset import load_mnist, train_val_split
     from digitlib.modeling.predict import evaluate
-    from digitlib.modeling.train import TrainConfig, save_training, train
+    from digitlib.modeling.train import TrainConfig, recipe, save_training, train
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    cfg = recipe(args.recipe, **given)
     full = load_mnist("train", args.mnist_dir)
     train_digits, val_digits = train_val_split(full, cfg.val_size, seed=0)
     n_train = len(train_digits.head(cfg.train_subset))
     log.info("training %s on %d images (validation %d)", cfg.arch, n_train, len(val_digits))
     result = train(cfg, train_digits, val_digits)
-    extra = {"data_checksum": full.checksum(), "command": " ".join(["digitlib", *sys.argv[1:]])}
+    extra = {"data_checksum": full.checksum(), "command": " ".join(["digitlib", *sys.argv[1:]]), "recipe": args.recipe}
     if not args.no_test:
         test = evaluate(result.as_loaded(), load_mnist("test", args.mnist_dir)).summary()
         keep = ("accuracy", "n", "per_class_accuracy", "mean_confidence", "nll")
@@ -85,6 +87,21 @@ def cmd_eval_drawings(args: argparse.Namespace) -> dict:
     return {"model": str(model.path), "version": model.version, "file": str(args.file), **result}
 
 
+def cmd_sweep(args: argparse.Namespace) -> dict:
+    from digitlib.experiments import load_sweep, run_sweep
+
+    sweep = load_sweep(args.file)
+    log.info("sweep %s: %d runs of %s", sweep.name, len(sweep.runs), sweep.notebook.name)
+    result = run_sweep(sweep, args.reports_dir, args.models_dir, args.timeout)
+    return {
+        "sweep": sweep.name,
+        "runs": len(result.table),
+        "failed": result.failed,
+        "table": str(result.csv),
+        "plot": str(result.plot),
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitlib", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -94,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", default="run", help="model directory name under models/ (default: run)")
     train.add_argument("--out", help="model directory (overrides --name)")
     train.add_argument("--mnist-dir", help="folder with the MNIST files (default: MNIST_DIR, data/mnist)")
+    train.add_argument("--recipe", default="default", help="named recipe to start from: default or seed")
     train.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
     train.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     _add_train_options(train)
@@ -111,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--model", help="model directory (default: models/default)")
     dr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     dr.set_defaults(func=cmd_eval_drawings)
+
+    sw = sub.add_parser("sweep", help="run a YAML grid of parameter sets through a notebook (papermill)")
+    sw.add_argument("file", help="sweep file, e.g. experiments/lr-arch.yaml")
+    sw.add_argument("--reports-dir", help="executed notebooks, experiments.csv and figures (default: reports/)")
+    sw.add_argument("--models-dir", help="model directories (default: models/)")
+    sw.add_argument("--timeout", type=int, help="seconds allowed per notebook cell (default: no limit)")
+    sw.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    sw.set_defaults(func=cmd_sweep)
     return parser
 
 

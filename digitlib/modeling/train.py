@@ -10,7 +10,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from digitlib import augment
+from digitlib import augment, config
 from digitlib.dataset import MNIST_MEAN, MNIST_STD, Digits
 from digitlib.modeling.checkpoint import LoadedModel, save_model
 from digitlib.modeling.models import DEFAULT_ARCH, build_model
@@ -53,6 +53,24 @@ class TrainConfig:
         return asdict(self)
 
 
+# Named recipes: `default` makes models/default; `seed` reproduces the seed apps' training.
+RECIPES = {
+    "default": TrainConfig(),
+    "seed": TrainConfig(
+        arch="seed", epochs=5, lr=1e-3, optimizer="adam", schedule="constant", weight_decay=0.0, augment="none"
+    ),
+}
+
+
+def recipe(name: str, **overrides) -> TrainConfig:
+    """A named recipe with some options changed."""
+    try:
+        base = RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}") from None
+    return replace(base, **overrides)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -75,7 +93,9 @@ class TrainResult:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu, unless one is requested."""
+    """cuda, then mps, then cpu, unless one is requested (here or by the DIGITLIB_DEVICE setting)."""
+    if requested == "auto":
+        requested = config.DEVICE.get()
     if requested != "auto":
         return torch.device(requested)
     if torch.cuda.is_available():

@@ -1,0 +1,127 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from digitlib.dataset import DataError
+from digitlib.drawings import evaluate_drawings, load_drawings
+from digitlib.modeling.checkpoint import LoadedModel
+from digitlib.preprocess import (
+    MAX_POINTS,
+    MAX_STROKES,
+    DrawingError,
+    resize_canvas_directly,
+    strokes_to_input,
+    validate_strokes,
+)
+
+SEVEN = [[[60, 40], [200, 40], [120, 240]]]
+
+
+def centre_of_mass(img: torch.Tensor) -> tuple[float, float]:
+    a = img.double()
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    return (a * ys).sum().item() / a.sum().item(), (a * xs).sum().item() / a.sum().item()
+
+
+def test_output_is_mnist_shaped_and_centred():
+    img = strokes_to_input(SEVEN)
+    assert img.shape == (28, 28) and img.dtype == torch.uint8 and img.max() > 200
+    cy, cx = centre_of_mass(img)
+    assert abs(cy - 13.5) <= 0.75 and abs(cx - 13.5) <= 0.75
+    rows, cols = img.nonzero(as_tuple=True)
+    assert rows.max() - rows.min() + 1 == 20  # the taller side fills the 20x20 box
+
+
+def test_size_and_position_do_not_matter():
+    big = strokes_to_input(SEVEN)
+    small = strokes_to_input([[[x / 3 + 150, y / 3 + 10] for x, y in SEVEN[0]]])
+    # Same digit drawn a third of the size elsewhere: same input, same ink thickness.
+    assert (big.float() - small.float()).abs().mean() < 8
+    assert abs(big.float().sum() / small.float().sum() - 1) < 0.1
+
+
+def test_seed_apps_resize_loses_a_small_drawing():
+    small = [[[x / 3 + 150, y / 3 + 10] for x, y in SEVEN[0]]]
+    # Shrinking the whole canvas leaves a few faint pixels in a corner; our path does not.
+    assert resize_canvas_directly(small).float().sum() < strokes_to_input(small).float().sum() / 3
+
+
+def test_a_dot_is_a_valid_drawing():
+    img = strokes_to_input([[[140, 140]]])
+    assert img.sum() > 0
+
+
+@pytest.mark.parametrize(
+    "strokes, message",
+    [
+        ([], "empty"),
+        ([[]], "empty"),
+        ("7", "list of strokes"),
+        ([[[1, 2, 3]]], r"\[x, y\] pairs"),
+        ([[["a", 2]]], "numbers"),
+        ([[[float("nan"), 2]]], "finite"),
+        ([[[1e9, 2]]], "far outside"),
+        ([[[1, 1]]] * (MAX_STROKES + 1), "strokes"),
+        ([[[1, 1]] * (MAX_POINTS + 1)], "points"),
+    ],
+)
+def test_bad_drawings_are_refused_clearly(strokes, message):
+    with pytest.raises(DrawingError, match=message):
+        validate_strokes(strokes)
+
+
+def test_validate_returns_float_arrays():
+    (points,) = validate_strokes(SEVEN)
+    assert points.shape == (3, 2) and points.dtype == np.float64
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_load_drawings_names_the_bad_line(tmp_path):
+    good = {"label": 7, "strokes": SEVEN, "source": "a"}
+    path = write_jsonl(tmp_path / "d.jsonl", [good, {**good, "label": 12}])
+    with pytest.raises(DataError, match="line 2: label 12"):
+        load_drawings(path)
+    (tmp_path / "broken.jsonl").write_text('{"label": 1, "strokes": [[[1,')
+    with pytest.raises(DataError, match="line 1"):
+        load_drawings(tmp_path / "broken.jsonl")
+    with pytest.raises(DataError, match="no such drawings file"):
+        load_drawings(tmp_path / "missing.jsonl")
+
+
+class AlwaysSeven(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.full((len(x),), 7), 10).float() * 10
+
+
+def test_evaluate_drawings_per_source(tmp_path):
+    rows = [
+        {"label": 7, "strokes": SEVEN, "source": "a"},
+        {"label": 7, "strokes": SEVEN, "source": "b"},
+        {"label": 1, "strokes": [[[140, 40], [140, 240]]], "source": "b"},
+    ]
+    model = LoadedModel(AlwaysSeven(), {"normalisation": {"mean": 0.0, "std": 1.0}})
+    model.model.register_parameter("p", torch.nn.Parameter(torch.zeros(1)))  # gives it a device
+    result = evaluate_drawings(model, load_drawings(write_jsonl(tmp_path / "d.jsonl", rows))).summary()
+    assert result["n"] == 3 and result["accuracy"] == pytest.approx(2 / 3)
+    assert result["per_source"] == {"a": {"accuracy": 1.0, "n": 1}, "b": {"accuracy": 0.5, "n": 2}}
+
+
+def test_real_pen_digits_render(tmp_path):
+    from digitlib import config
+
+    path = config.DRAWINGS_FILE.get()
+    drawings = load_drawings(path)[:50]
+    assert len(drawings) == 50
+    images = torch.stack([strokes_to_input(d.strokes) for d in drawings])
+    # Every drawing lands in the MNIST layout: a 20-pixel box, centre of mass near the centre.
+    for img in images:
+        rows, cols = img.nonzero(as_tuple=True)
+        assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 == 20
+        cy, cx = centre_of_mass(img)
+        assert abs(cy - 13.5) <= 2 and abs(cx - 13.5) <= 2
