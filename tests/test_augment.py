@@ -44,3 +44,25 @@ def test_get_augmentation_forms():
     assert get_augmentation({"rotation": 5}).rotation == 5
     with pytest.raises(ValueError, match="unknown augmentation"):
         get_augmentation("wild")
+
+
+def ring_image():
+    yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    r = ((yy - 14) ** 2 / 81 + (xx - 14) ** 2 / 36).sqrt()
+    return ((r - 1).abs() < 0.15).float().view(1, 1, 28, 28)
+
+
+def test_variants_slash_zeros_and_flag_ones_only():
+    x = torch.cat([ring_image(), ring_image(), bar_image()[:1]])
+    labels = torch.tensor([0, 8, 1])
+    y = augment_batch(x, Augmentation(variants=1.0), torch.Generator().manual_seed(0), labels)
+    assert torch.equal(y[1], x[1])  # an 8 is left alone
+    # The zero gains ink inside its ring (the slash crosses the hole).
+    assert y[0, 0, 12:17, 12:17].sum() > x[0, 0, 12:17, 12:17].sum() + 2
+    # The one gains ink left of its top.
+    assert y[2, 0, 4:12, :13].sum() > 1
+
+
+def test_variants_need_labels():
+    x = ring_image()
+    assert torch.equal(augment_batch(x, Augmentation(variants=1.0)), x)

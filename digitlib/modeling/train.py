@@ -139,9 +139,9 @@ def _scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
     raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, cosine, step or constant")
 
 
-def _to_model_input(images: torch.Tensor, aug: augment.Augmentation, generator) -> torch.Tensor:
+def _to_model_input(images: torch.Tensor, aug: augment.Augmentation, generator, labels=None) -> torch.Tensor:
     x = images.float().div_(255.0).unsqueeze(1)
-    x = augment.augment_batch(x, aug, generator)
+    x = augment.augment_batch(x, aug, generator, labels)
     return x.sub_(MNIST_MEAN).div_(MNIST_STD).contiguous(memory_format=torch.channels_last)
 
 
@@ -207,8 +207,8 @@ def train(
         batches = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not progress)
         for step in batches:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = _to_model_input(train_digits.images[idx], aug, generator)
             y = train_digits.labels[idx]
+            x = _to_model_input(train_digits.images[idx], aug, generator, y)
             with autocast:
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
