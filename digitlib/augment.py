@@ -142,7 +142,7 @@ def add_variants(x: torch.Tensor, labels: torch.Tensor, p: float, generator=None
             end = torch.stack([right + 1 + jitter[:, 2], top - 1 + jitter[:, 3]], 1)
         else:  # a short flag from the top of the one, down and to the left
             height = (bottom - top).clamp_min(4)
-            top_rows = x[idx, 0, top.long().clamp(max=x.shape[-1] - 1)].diagonal().T  # (n, w): each top row
+            top_rows = x[idx, 0][torch.arange(len(idx), device=x.device), top.long().clamp(max=x.shape[-1] - 1)]
             start = torch.stack([top_rows.argmax(1).to(x.dtype), top], 1)
             frac = 0.2 + torch.rand(len(idx), 2, generator=generator, device=x.device) * 0.25
             end = torch.stack([start[:, 0] - frac[:, 0] * height, top + frac[:, 1] * height], 1)
