@@ -1,0 +1,217 @@
+"""Every figure of the project: digits, training curves, evaluation and sweep comparisons.
+
+Each function returns a matplotlib Figure and draws nothing else, so notebooks show it inline
+and `save_figure` writes it under reports/figures/. Figures are made with pyplot so that
+Jupyter's inline backend displays them; scripts close them after saving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from digitlib.dataset import Digits
+from digitlib.modeling.predict import Evaluation
+
+DIGITS = list(range(10))
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write `fig` as PNG (creating folders); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def digit_grid(images: torch.Tensor, captions: Sequence[str] = (), columns: int = 10, title: str = "") -> Figure:
+    """uint8 images (N, 28, 28) in a grid, white ink on black as the model sees them."""
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.3), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i].cpu().numpy(), cmap="gray", vmin=0, vmax=255)
+            if i < len(captions):
+                ax.set_title(captions[i], fontsize=8)
+    if title:
+        fig.suptitle(title)
+    if n == 0:
+        axes.flat[0].text(0.5, 0.5, "nothing to show", ha="center", va="center", transform=axes.flat[0].transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(digits: Digits, per_class: int = 5, seed: int = 0) -> Figure:
+    """Random digits of each class, one column per class (labelled on top)."""
+    generator = torch.Generator().manual_seed(seed)
+    per_class = min(per_class, *(int((digits.labels == label).sum()) for label in DIGITS))
+    columns = []
+    for label in DIGITS:
+        index = (digits.labels == label).nonzero().flatten()
+        columns.append(index[torch.randperm(len(index), generator=generator)[:per_class]])
+    # Row-major order of the grid: row r holds sample r of every class.
+    chosen = torch.stack(columns, dim=1).flatten()
+    captions = [str(label) for label in DIGITS]
+    return digit_grid(digits.images[chosen], captions, columns=10, title="Sample training digits")
+
+
+def training_curves(history: list[dict]) -> Figure:
+    """Loss and accuracy per epoch, training and validation side by side."""
+    frame = pd.DataFrame(history)
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        for split in ("train", "val"):
+            column = f"{split}_{metric}"
+            if column in frame:
+                ax.plot(frame["epoch"], frame[column], marker="o", label="validation" if split == "val" else split)
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{metric.capitalize()} per epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_heatmap(confusion: torch.Tensor | np.ndarray, title: str = "Confusion matrix") -> Figure:
+    """Counts with rows = truth and columns = prediction; colour on a log scale so errors show."""
+    counts = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(np.log1p(counts), cmap="Blues")
+    threshold = np.log1p(counts).max() / 2
+    for (row, col), value in np.ndenumerate(counts):
+        if value:
+            colour = "white" if np.log1p(value) > threshold else "black"
+            ax.text(col, row, str(value), ha="center", va="center", fontsize=7, color=colour)
+    ax.set(xticks=DIGITS, yticks=DIGITS, xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(image, ax=ax, label="log(1 + count)")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_accuracy_bars(per_class: Sequence[float | None], title: str = "Accuracy per digit") -> Figure:
+    """One bar per digit, labelled with its accuracy; a missing class is left empty."""
+    values = [np.nan if v is None else v for v in per_class]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bars = ax.bar([str(d) for d in DIGITS], values, color="tab:blue")
+    ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1%}" for v in values], fontsize=7)
+    finite = [v for v in values if not np.isnan(v)]
+    # Zoom in on the range where the bars differ; a full 0-1 axis hides a 1% gap.
+    low = max(0.0, min(finite, default=0.0) - 0.05)
+    ax.set(ylim=(low, 1.0), xlabel="digit", ylabel="accuracy", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_grid(digits: Digits, evaluation: Evaluation, limit: int = 30, columns: int = 10) -> Figure:
+    """The most confident mistakes: each image captioned 'pred P (conf%) / true T'."""
+    index = evaluation.misclassified()[:limit]
+    captions = [
+        f"pred {evaluation.predictions[i]} ({evaluation.confidence[i]:.0%})\ntrue {evaluation.labels[i]}"
+        for i in index.tolist()
+    ]
+    title = f"{len(index)} most confident of {int((~evaluation.correct).sum())} errors"
+    return digit_grid(digits.images[index], captions, columns=columns, title=title)
+
+
+def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 10) -> pd.DataFrame:
+    """Per confidence bin: count, mean confidence and accuracy; `ece` in the frame's attrs.
+
+    The expected calibration error (ECE) is the count-weighted gap between the two.
+    """
+    conf = confidence.float().numpy()
+    hit = correct.double().numpy()
+    # Edges in the confidences' own precision, so a confidence of 0.1 lands where 0.1 is.
+    edges = np.linspace(0, 1, bins + 1, dtype=conf.dtype)
+    # Bin i holds (edge i, edge i+1]; a confidence of exactly 0 joins the first bin.
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        in_bin = which == b
+        count = int(in_bin.sum())
+        rows.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": count,
+                "confidence": float(conf[in_bin].mean()) if count else np.nan,
+                "accuracy": hit[in_bin].mean() if count else np.nan,
+            }
+        )
+    frame = pd.DataFrame(rows)
+    filled = frame[frame["count"] > 0]
+    gaps = (filled["accuracy"] - filled["confidence"]).abs()
+    frame.attrs["ece"] = float((gaps * filled["count"]).sum() / max(len(conf), 1))
+    return frame
+
+
+def reliability_diagram(calibration: pd.DataFrame) -> Figure:
+    """Accuracy against confidence per bin (from `reliability_bins`); the diagonal is perfect."""
+    frame = calibration
+    fig, (ax, count_ax) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = frame["high"].iloc[0] - frame["low"].iloc[0]
+    ax.bar(frame["low"], frame["accuracy"], width=width, align="edge", edgecolor="black", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.plot(frame["confidence"], frame["accuracy"], "o", color="tab:red", label="mean confidence of bin")
+    ax.set(ylim=(0, 1), ylabel="accuracy", title=f"Reliability (ECE {frame.attrs['ece']:.2%})")
+    ax.legend(loc="upper left", fontsize=8)
+    count_ax.bar(frame["low"], frame["count"], width=width, align="edge", color="gray")
+    count_ax.set(yscale="log", xlabel="confidence", ylabel="images", xlim=(0, 1))
+    fig.tight_layout()
+    return fig
+
+
+def per_site_accuracy_bars(per_source: dict[str, dict], overall: float | None = None) -> Figure:
+    """Accuracy on drawn digits per contributing site, with each site's count."""
+    sites = list(per_source)
+    accuracy = [per_source[s]["accuracy"] for s in sites]
+    fig, ax = plt.subplots(figsize=(max(5, 1 + 0.9 * len(sites)), 3.8))
+    bars = ax.bar(sites, accuracy, color="tab:green")
+    ax.bar_label(bars, labels=[f"{a:.1%}\nn={per_source[s]['n']}" for s, a in zip(sites, accuracy, strict=True)])
+    if overall is not None:
+        ax.axhline(overall, linestyle="--", color="gray", label=f"all sites {overall:.1%}")
+        ax.legend(loc="lower right")
+    ax.set(ylim=(0, 1.15), xlabel="site", ylabel="accuracy", title="Accuracy on drawn digits per site")
+    fig.tight_layout()
+    return fig
+
+
+def drawing_errors_grid(result, limit: int = 30, columns: int = 10) -> Figure:
+    """Drawn digits the model got wrong, as the model saw them (after preprocessing).
+
+    `result` is a digitlib.drawings.DrawingsEvaluation; captions add the site.
+    """
+    ev = result.evaluation
+    index = ev.misclassified()[:limit].tolist()
+    captions = [
+        f"pred {ev.predictions[i]} ({ev.confidence[i]:.0%})\ntrue {ev.labels[i]} {result.sources[i]}" for i in index
+    ]
+    title = f"{len(index)} most confident of {int((~ev.correct).sum())} errors on drawn digits (model input)"
+    return digit_grid(result.digits.images[index], captions, columns=columns, title=title)
+
+
+def sweep_comparison(table: pd.DataFrame, metric: str = "val_accuracy") -> Figure:
+    """One bar per run of a sweep: `metric` for finished runs, a red 'failed' mark otherwise.
+
+    Bars are named by the `label` column when there is one (else `run_name`).
+    """
+    runs = table.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(max(5, 1 + 0.8 * len(runs)), 4))
+    ok = runs["status"] == "ok"
+    values = pd.to_numeric(runs.get(metric), errors="coerce").where(ok, 0.0).fillna(0.0)
+    labels = runs["label"] if "label" in runs else runs["run_name"]
+    bars = ax.bar(labels, values, color=["tab:blue" if good else "tab:red" for good in ok])
+    ax.bar_label(bars, labels=[f"{v:.2%}" if good else "failed" for v, good in zip(values, ok, strict=True)])
+    ax.set(ylabel=metric, title=f"Sweep comparison: {metric}", ylim=(0, 1.1))
+    ax.tick_params(axis="x", labelrotation=30)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    fig.tight_layout()
+    return fig

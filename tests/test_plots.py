@@ -1,0 +1,168 @@
+"""Figures: what each one draws (bars, labels, captions) and the calibration numbers behind them."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
+
+from digitlib import plots
+from digitlib.dataset import Digits
+from digitlib.drawings import DrawingsEvaluation
+from digitlib.modeling.predict import Evaluation
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def one_hot_evaluation(predictions: list[int], labels: list[int], confidence: float = 0.9) -> Evaluation:
+    """Probabilities with `confidence` on each prediction, the rest spread evenly."""
+    probs = torch.full((len(labels), 10), (1 - confidence) / 9)
+    probs[torch.arange(len(labels)), torch.tensor(predictions)] = confidence
+    return Evaluation(probs, torch.tensor(labels))
+
+
+def digits_of(labels: list[int]) -> Digits:
+    images = torch.stack([torch.full((28, 28), 10 * label, dtype=torch.uint8) for label in labels])
+    return Digits(images, torch.tensor(labels))
+
+
+def image_axes(fig) -> list:
+    return [ax for ax in fig.axes if ax.images]
+
+
+def titles(fig) -> list[str]:
+    return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+
+def test_save_figure_writes_a_png_and_creates_folders(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    path = plots.save_figure(fig, tmp_path / "a" / "b" / "fig.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_grid_shows_every_class_in_its_own_column():
+    digits = digits_of([d for d in range(10) for _ in range(7)])
+    fig = plots.sample_grid(digits, per_class=3)
+    shown = image_axes(fig)
+    assert len(shown) == 30
+    # Row-major grid: the first row holds one digit of each class, labelled on top.
+    assert [ax.get_title() for ax in shown[:10]] == [str(d) for d in range(10)]
+    first_row_pixels = [int(ax.images[0].get_array()[0, 0]) for ax in shown[:10]]
+    assert first_row_pixels == [10 * d for d in range(10)]
+
+
+def test_training_curves_plot_train_and_validation_per_epoch():
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_accuracy": 0.8, "val_accuracy": 0.7 + e / 100}
+        for e in (1, 2, 3)
+    ]
+    fig = plots.training_curves(history)
+    loss_ax, acc_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.lines] == ["train", "validation"]
+    assert list(acc_ax.lines[1].get_ydata()) == pytest.approx([0.71, 0.72, 0.73])
+    assert list(loss_ax.lines[0].get_xdata()) == [1, 2, 3]
+
+
+def test_training_curves_without_validation_draw_only_training():
+    fig = plots.training_curves([{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.9}])
+    assert [line.get_label() for line in fig.axes[0].lines] == ["train"]
+
+
+def test_confusion_heatmap_writes_every_nonzero_count():
+    cm = torch.zeros(10, 10, dtype=torch.long)
+    cm[3, 3], cm[3, 5], cm[9, 4] = 97, 2, 1
+    fig = plots.confusion_matrix_heatmap(cm)
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert texts == {"97", "2", "1"}
+    assert fig.axes[0].get_xlabel() == "predicted"
+
+
+def test_per_class_bars_label_accuracy_and_leave_missing_classes_empty():
+    per_class = [0.99, 0.98, None, 0.9, 1.0, 0.97, 0.96, 0.95, 0.94, 0.93]
+    fig = plots.per_class_accuracy_bars(per_class)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.texts]
+    assert labels[0] == "99.0%" and labels[2] == "" and labels[3] == "90.0%"
+    # Zoomed to where the bars differ, not 0-1.
+    assert ax.get_ylim()[0] == pytest.approx(0.85)
+
+
+def test_misclassified_grid_captions_prediction_confidence_and_truth():
+    ev = one_hot_evaluation(predictions=[1, 7, 2, 8], labels=[1, 1, 2, 3], confidence=0.8)
+    ev.probabilities[3] = torch.full((10,), 0.05)
+    ev.probabilities[3, 8] = 0.55
+    fig = plots.misclassified_grid(digits_of([1, 1, 2, 3]), ev)
+    shown = image_axes(fig)
+    assert [ax.get_title() for ax in shown] == ["pred 7 (80%)\ntrue 1", "pred 8 (55%)\ntrue 3"]
+    assert "2 most confident of 2 errors" in fig._suptitle.get_text()
+
+
+def test_misclassified_grid_without_errors_says_so():
+    ev = one_hot_evaluation([1, 2], [1, 2])
+    fig = plots.misclassified_grid(digits_of([1, 2]), ev)
+    assert not image_axes(fig)
+    assert any("nothing to show" in t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def test_reliability_bins_count_confidence_accuracy_and_ece():
+    confidence = torch.tensor([0.95, 0.95, 0.95, 0.95, 0.55, 0.55])
+    correct = torch.tensor([True, True, True, False, True, False])
+    frame = plots.reliability_bins(confidence, correct, bins=10)
+    assert frame["count"].sum() == 6
+    top, middle = frame.iloc[9], frame.iloc[5]
+    assert (top["count"], top["accuracy"]) == (4, 0.75)
+    assert (middle["count"], middle["accuracy"]) == (2, 0.5)
+    # ECE: (4 * |0.75 - 0.95| + 2 * |0.5 - 0.55|) / 6
+    assert frame.attrs["ece"] == pytest.approx((4 * 0.2 + 2 * 0.05) / 6)
+    assert frame["accuracy"].isna().sum() == 8
+
+
+def test_reliability_bins_put_edges_in_the_lower_bin():
+    frame = plots.reliability_bins(torch.tensor([0.1, 1.0, 0.0]), torch.tensor([True, True, False]), bins=10)
+    assert frame["count"].tolist() == [2, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+
+
+def test_reliability_diagram_shows_ece_and_diagonal():
+    ev = one_hot_evaluation([1, 2, 3, 4], [1, 2, 3, 5], confidence=0.9)
+    fig = plots.reliability_diagram(plots.reliability_bins(ev.confidence, ev.correct))
+    assert "ECE 15.00%" in fig.axes[0].get_title()
+    assert any(list(line.get_xdata()) == [0, 1] for line in fig.axes[0].lines)
+
+
+def test_per_site_bars_show_accuracy_count_and_overall_line():
+    fig = plots.per_site_accuracy_bars({"apa": {"accuracy": 0.5, "n": 4}, "ced": {"accuracy": 1.0, "n": 2}}, 2 / 3)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["apa", "ced"]
+    assert [t.get_text() for t in ax.texts] == ["50.0%\nn=4", "100.0%\nn=2"]
+    assert ax.get_legend().get_texts()[0].get_text() == "all sites 66.7%"
+
+
+def test_drawing_errors_grid_shows_model_input_with_site():
+    ev = one_hot_evaluation([3, 4, 5], [3, 9, 5], confidence=0.7)
+    digits = digits_of([3, 9, 5])
+    fig = plots.drawing_errors_grid(DrawingsEvaluation(ev, ["apa", "ced", "apa"], digits))
+    (shown,) = image_axes(fig)
+    assert shown.get_title() == "pred 4 (70%)\ntrue 9 ced"
+    assert int(shown.images[0].get_array()[0, 0]) == 90  # the image of the wrong drawing
+
+
+def test_sweep_comparison_marks_failed_runs():
+    table = pd.DataFrame(
+        {"run_name": ["a", "b", "c"], "status": ["ok", "failed", "ok"], "val_accuracy": [0.9, None, 0.95]}
+    )
+    fig = plots.sweep_comparison(table.assign(label=["a\nlr=1", "b\nlr=2", "c\nlr=3"]))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["90.00%", "failed", "95.00%"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a\nlr=1", "b\nlr=2", "c\nlr=3"]
+    heights = [bar.get_height() for bar in ax.patches]
+    assert heights == pytest.approx([0.9, 0.0, 0.95])
