@@ -10,6 +10,7 @@ DEFAULT_RECIPE := --arch vggbn --epochs 15 --batch-size 128 --lr 3e-3 --optimize
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data chromium test test-fast lint format train evaluate default-model benchmark clean
+.PHONY: lab reports sweep default-report
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -56,3 +57,30 @@ benchmark: setup ## seed vs default architecture: accuracy, time, images/s
 clean: ## remove caches (keeps .venv, data and models)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +
+
+# --- notebooks and experiments ---------------------------------------------------------------
+PAPERMILL := $(VENV)/bin/papermill
+TRAIN_NB := notebooks/1.0-dl-train-cnn.ipynb
+EVALUATE_NB := notebooks/2.0-dl-evaluate-model.ipynb
+RUN ?= quick
+TRAIN_PARAMS ?= -p epochs 3
+SWEEP ?= experiments/lr-arch.yaml
+# DEFAULT_RECIPE as papermill parameters: --batch-size 128 -> -p batch_size 128
+DEFAULT_RECIPE_PARAMS = $(shell echo '$(DEFAULT_RECIPE)' | sed -E ':a; s/--([a-z_]+)-([a-z])/--\1_\2/; ta; s/--/-p /g')
+to_html = $(VENV)/bin/jupyter nbconvert --log-level WARN --to html $(1)
+
+lab: setup ## JupyterLab with this project's .venv as its kernel ("Python (digitlab)")
+	$(PY) -m ipykernel install --sys-prefix --name digitlab --display-name "Python (digitlab)"
+	$(VENV)/bin/jupyter lab --notebook-dir=.
+
+reports: setup ## train + evaluate notebooks into reports/ with HTML: make reports RUN=quick TRAIN_PARAMS="-p epochs 3"
+	$(PAPERMILL) $(TRAIN_NB) reports/$(RUN)-train.ipynb -p run_name $(RUN) $(TRAIN_PARAMS)
+	$(PAPERMILL) $(EVALUATE_NB) reports/$(RUN)-evaluate.ipynb -p model models/$(RUN)
+	$(call to_html,reports/$(RUN)-train.ipynb reports/$(RUN)-evaluate.ipynb)
+
+sweep: setup ## run a sweep of notebook runs: make sweep SWEEP=experiments/lr-arch.yaml
+	$(PY) -m digitlib sweep $(SWEEP)
+
+default-report: setup ## retrain models/default through the train notebook: reports/default-train.ipynb + .html
+	$(PAPERMILL) $(TRAIN_NB) reports/default-train.ipynb -p run_name default $(DEFAULT_RECIPE_PARAMS)
+	$(call to_html,reports/default-train.ipynb)
