@@ -203,15 +203,18 @@ def sweep_comparison(table: pd.DataFrame, metric: str = "val_accuracy") -> Figur
     Bars are named by the `label` column when there is one (else `run_name`).
     """
     runs = table.reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(max(5, 1 + 0.8 * len(runs)), 4))
-    ok = runs["status"] == "ok"
-    values = pd.to_numeric(runs.get(metric), errors="coerce").where(ok, 0.0).fillna(0.0)
+    ok = (runs["status"] == "ok").tolist()
+    values = pd.to_numeric(runs.get(metric), errors="coerce").where(runs["status"] == "ok")
     labels = runs["label"] if "label" in runs else runs["run_name"]
-    bars = ax.bar(labels, values, color=["tab:blue" if good else "tab:red" for good in ok])
-    ax.bar_label(bars, labels=[f"{v:.2%}" if good else "failed" for v, good in zip(values, ok, strict=True)])
-    ax.set(ylabel=metric, title=f"Sweep comparison: {metric}", ylim=(0, 1.1))
-    ax.tick_params(axis="x", labelrotation=30)
-    for label in ax.get_xticklabels():
-        label.set_horizontalalignment("right")
+    fig, ax = plt.subplots(figsize=(max(5, 1 + 1.3 * len(runs)), 4.2))
+    bars = ax.bar(range(len(runs)), values.fillna(0.0), color="tab:blue")
+    ax.bar_label(bars, labels=[f"{v:.2%}" if good else "" for v, good in zip(values, ok, strict=True)])
+    # Zoom in on the range where runs differ: most sweeps compare accuracies within a few percent.
+    low = max(0.0, values.min() - 0.05) if values.notna().any() else 0.0
+    ax.set(ylim=(low, 1.0 + (1.0 - low) * 0.08), ylabel=metric, title=f"Sweep comparison: {metric}")
+    ax.set_xticks(range(len(runs)), labels, fontsize=8)
+    for x, good in enumerate(ok):
+        if not good:
+            ax.text(x, low + (1 - low) * 0.05, "failed", ha="center", color="tab:red", fontweight="bold")
     fig.tight_layout()
     return fig

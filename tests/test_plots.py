@@ -156,13 +156,19 @@ def test_drawing_errors_grid_shows_model_input_with_site():
     assert int(shown.images[0].get_array()[0, 0]) == 90  # the image of the wrong drawing
 
 
-def test_sweep_comparison_marks_failed_runs():
+def test_sweep_comparison_marks_failed_runs_and_zooms_on_the_finished_ones():
     table = pd.DataFrame(
         {"run_name": ["a", "b", "c"], "status": ["ok", "failed", "ok"], "val_accuracy": [0.9, None, 0.95]}
     )
     fig = plots.sweep_comparison(table.assign(label=["a\nlr=1", "b\nlr=2", "c\nlr=3"]))
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.texts] == ["90.00%", "failed", "95.00%"]
+    assert [t.get_text() for t in ax.texts if t.get_text()] == ["90.00%", "95.00%", "failed"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a\nlr=1", "b\nlr=2", "c\nlr=3"]
-    heights = [bar.get_height() for bar in ax.patches]
-    assert heights == pytest.approx([0.9, 0.0, 0.95])
+    assert [bar.get_height() for bar in ax.patches] == pytest.approx([0.9, 0.0, 0.95])
+    assert ax.get_ylim()[0] == pytest.approx(0.85)
+
+
+def test_sweep_comparison_of_failed_runs_only_still_draws():
+    fig = plots.sweep_comparison(pd.DataFrame({"run_name": ["a"], "status": ["failed"], "val_accuracy": [None]}))
+    assert [t.get_text() for t in fig.axes[0].texts if t.get_text()] == ["failed"]
+    assert fig.axes[0].get_ylim()[0] == 0.0
