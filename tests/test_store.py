@@ -1,0 +1,213 @@
+"""The feedback store against SQLite and the real PostgreSQL (TEST_DATABASE_URL).
+
+PostgreSQL tests run in a schema of their own (dropped afterwards), so they are isolated from
+each other and from whatever else is in the database. In CI (CI=true) a PostgreSQL that cannot
+be reached fails the tests; elsewhere they are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from digitlib.preprocess import MAX_POINTS, MAX_STROKES, strokes_to_input
+from digitlib.store import Feedback, FeedbackError, FeedbackStore, StoreConfigError, png_to_image
+
+PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+UNREACHABLE_URL = "postgresql+psycopg2://postgres@127.0.0.1:1/test"  # nothing listens on port 1
+SEVEN = [[[100, 60], [180, 60], [130, 220]]]
+PROBABILITIES = [0.01] * 7 + [0.91] + [0.01] * 2
+
+
+def make_feedback(label=7, strokes=SEVEN, **changes) -> Feedback:
+    args = {
+        "strokes": strokes,
+        "true_label": label,
+        "probabilities": PROBABILITIES,
+        "image": strokes_to_input(SEVEN).numpy(),
+        "model_version": "test-model-1",
+        "session_id": "session-1",
+        **changes,
+    }
+    return Feedback.create(**args)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'nested' / 'feedback.db'}"  # the folder does not exist yet
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh schema in the test PostgreSQL for one test, dropped afterwards."""
+    admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.begin() as c:
+            c.execute(text(f'CREATE SCHEMA "{schema}"'))  # a name made here, not input
+    except OperationalError as e:
+        admin.dispose()
+        message = f"PostgreSQL at {make_url(PG_URL).render_as_string()} unreachable: {e.orig}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    # psycopg2 passes `options` to the server: this connection sees only the new schema.
+    yield make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
+    with admin.begin() as c:
+        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    s = FeedbackStore(url, queue_file=tmp_path / "queue.jsonl")
+    yield s
+    s.dispose()
+
+
+def test_submit_stores_one_complete_row(store):
+    feedback = make_feedback(label=1)
+    result = store.submit(feedback)
+    assert result.status == "saved" and result.stored
+    assert "Saved as 1" in result.message
+    [row] = store.rows()
+    assert row["submission_id"] == feedback.submission_id
+    assert row["true_label"] == 1 and row["predicted"] == 7
+    assert row["confidence"] == pytest.approx(0.91)
+    assert row["probabilities"] == pytest.approx(PROBABILITIES)
+    assert row["strokes"] == [[[100.0, 60.0], [180.0, 60.0], [130.0, 220.0]]]
+    assert row["canvas_size"] == 280 and row["session_id"] == "session-1"
+    assert row["model_version"] == "test-model-1"
+    assert row["created_at"] is not None
+    # The PNG is the 28x28 model input, pixel for pixel.
+    assert np.array_equal(png_to_image(row["image"]), strokes_to_input(SEVEN).numpy())
+
+
+def test_same_submission_is_stored_once(store):
+    feedback = make_feedback()
+    assert store.submit(feedback).status == "saved"
+    again = store.submit(feedback)
+    assert again.status == "duplicate" and again.stored
+    assert store.count() == 1
+    assert store.submit(make_feedback()).status == "saved"  # another drawing, another row
+    assert store.count() == 2
+
+
+def test_stored_answers_come_back_as_drawings(store):
+    store.submit(make_feedback(label=4))
+    [drawing] = store.drawings()
+    assert drawing.label == 4 and drawing.source == "feedback"
+    # Back through the one preprocessing path, it is the same model input.
+    assert np.array_equal(strokes_to_input(drawing.strokes).numpy(), strokes_to_input(SEVEN).numpy())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"label": 10}, "label must be a digit 0-9"),
+        ({"label": -1}, "label must be a digit 0-9"),
+        ({"label": "7"}, "label must be a digit 0-9"),
+        ({"label": True}, "label must be a digit 0-9"),
+        ({"strokes": []}, "empty"),
+        ({"strokes": [[]]}, "empty"),
+        ({"strokes": [[[1, 2]]] * (MAX_STROKES + 1)}, f"at most {MAX_STROKES}"),
+        ({"strokes": [[[5.0, 5.0]] * (MAX_POINTS + 1)]}, f"more than {MAX_POINTS} points"),
+        ({"strokes": [[[1e9, 3]]]}, "far outside"),
+        ({"strokes": [[[float("nan"), 3]]]}, "finite"),
+        ({"strokes": [[["a", "b"]]]}, "must be [x, y] numbers"),
+        ({"strokes": "1,2"}, "must be a list"),
+        ({"probabilities": [0.5, 0.5]}, "ten numbers"),
+        ({"probabilities": [0.5] * 10}, "sum to 1"),
+        ({"image": np.zeros((10, 10), np.uint8)}, "28x28 uint8"),
+        ({"session_id": "x" * 65}, "session_id"),
+        ({"submission_id": ""}, "submission_id"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message(changes, message):
+    args = dict(changes)
+    label, strokes = args.pop("label", 7), args.pop("strokes", SEVEN)
+    with pytest.raises(FeedbackError) as caught:
+        make_feedback(label, strokes, **args)
+    assert message in str(caught.value)
+
+
+def test_database_refusing_a_row_writes_nothing(store):
+    # Slipped past validation (constructed directly): the database's own check refuses it,
+    # and the transaction leaves no row behind.
+    bad = Feedback(**{**make_feedback().to_row(), "true_label": 12})
+    with pytest.raises(FeedbackError, match="refused"):
+        store.submit(bad)
+    assert store.count() == 0
+    assert store.queued() == []
+
+
+def test_bad_url_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreConfigError, match="not an SQLAlchemy URL"):
+        FeedbackStore("not a url", queue_file=tmp_path / "q.jsonl")
+
+
+def test_outage_queues_on_disk_then_flush_stores_exactly_once(store, tmp_path):
+    queue = store.queue_file
+    down = FeedbackStore(UNREACHABLE_URL, queue_file=queue)
+    first, second = make_feedback(label=3), make_feedback(label=5)
+    results = [down.submit(first), down.submit(second), down.submit(first)]  # a retry too
+    assert [r.status for r in results] == ["queued"] * 3
+    assert not results[0].stored
+    assert "unreachable" in results[0].message and "saved when it is back" in results[0].message
+    assert [f.submission_id for f in down.queued()] == [first.submission_id, second.submission_id, first.submission_id]
+    with pytest.raises(OperationalError):
+        down.flush_queue()  # still down: the queue stays as it was
+    assert len(down.queued()) == 3
+
+    assert store.flush_queue() == 2
+    assert store.queued() == [] and queue.read_text() == ""
+    rows = store.rows()
+    assert sorted(r["submission_id"] for r in rows) == sorted([first.submission_id, second.submission_id])
+    assert {r["true_label"] for r in rows} == {3, 5}
+    assert store.flush_queue() == 0  # nothing left, nothing written twice
+    assert store.count() == 2
+
+
+def test_next_successful_write_replays_the_queue(store):
+    down = FeedbackStore(UNREACHABLE_URL, queue_file=store.queue_file)
+    waiting = make_feedback(label=2)
+    assert down.submit(waiting).status == "queued"
+    result = store.submit(make_feedback(label=8))
+    assert result.status == "saved" and result.replayed == 1
+    assert sorted(r["true_label"] for r in store.rows()) == [2, 8]
+    assert store.queued() == []
+
+
+def test_queued_row_keeps_every_field(tmp_path):
+    down = FeedbackStore(UNREACHABLE_URL, queue_file=tmp_path / "q.jsonl")
+    feedback = make_feedback(label=6)
+    down.submit(feedback)
+    [back] = down.queued()
+    assert back == feedback  # image bytes and UTC time included
+
+
+def test_torn_queue_line_is_kept_aside_not_lost(tmp_path, sqlite_url):
+    queue = tmp_path / "q.jsonl"
+    good = make_feedback(label=9)
+    queue.write_text(good.to_json() + "\n" + '{"submission_id": "half-writ' + "\n")
+    store = FeedbackStore(sqlite_url, queue_file=queue)
+    assert store.flush_queue() == 1
+    assert [r["true_label"] for r in store.rows()] == [9]
+    assert '"half-writ' in queue.with_suffix(".rejected").read_text()
+    assert queue.read_text() == ""
+
+
+def test_default_url_is_the_database_url_setting(monkeypatch, tmp_path):
+    path = tmp_path / "sub" / "from-env.db"
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{path}")
+    store = FeedbackStore(queue_file=tmp_path / "q.jsonl")
+    assert store.submit(make_feedback()).status == "saved"
+    assert path.is_file()
+    assert store.count() == 1
