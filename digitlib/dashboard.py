@@ -1,0 +1,428 @@
+"""The drawing dashboard: draw a digit, see the model's guess at once, tell it the truth.
+
+`DrawingPad` holds the strokes (no widgets); `Dashboard` wires an ipycanvas Canvas and a few
+ipywidgets to it, predicts at the end of every stroke through preprocess.strokes_to_input
+(the one path to the model's input) and stores answers with store.FeedbackStore. The
+handlers are plain methods, so tests drive them without a browser. The Voilà notebook
+(dashboards/digits.ipynb) only calls `build_dashboard()` and displays it.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+from ipycanvas import Canvas, hold_canvas
+
+from digitlib.modeling.checkpoint import CheckpointError, LoadedModel, load_model
+from digitlib.preprocess import (
+    CANVAS_SIZE,
+    DEFAULT_BRUSH,
+    MAX_POINTS,
+    MAX_STROKES,
+    Brush,
+    DrawingError,
+    strokes_to_input,
+)
+from digitlib.store import FeedbackError, FeedbackStore, StoreConfigError, image_to_png
+
+log = logging.getLogger(__name__)
+
+PROMPT = "Draw a digit"
+MIN_STEP = 1.0  # canvas px: closer mouse moves add no information, only points
+PREVIEW_PX = 112  # the 28x28 model input shown 4x, pixel for pixel
+
+# Stable hooks for browser tests (listed in the README).
+CSS = {
+    "canvas": "digit-canvas",
+    "prediction": "digit-prediction",
+    "correct": "digit-correct",
+    "clear": "digit-clear",
+    "undo": "digit-undo",
+    "status": "digit-status",
+}
+STYLE = f"""<style>
+.digit-dashboard .digit-prediction {{ font-size: 96px; line-height: 1; font-weight: 700; min-width: 80px; }}
+.digit-dashboard .digit-preview {{ image-rendering: pixelated; border: 1px solid #888; }}
+.digit-dashboard canvas.digit-canvas {{ touch-action: none; cursor: crosshair; border: 1px solid #444;
+  width: {CANVAS_SIZE}px; height: {CANVAS_SIZE}px; flex: none; }}
+.digit-bars {{ font: 13px monospace; }}
+.digit-bars .row {{ display: flex; align-items: center; gap: 6px; height: 18px; }}
+.digit-bars .bar {{ background: #9ab; height: 12px; }}
+.digit-bars .top .bar {{ background: #2a7; }}
+</style>"""
+
+
+def label_class(digit: int) -> str:
+    return f"digit-label-{digit}"
+
+
+class DrawingPad:
+    """A drawing in progress: strokes of (x, y) canvas points, with undo and clear.
+
+    Each drawing gets a fresh id; it becomes the submission id, so one drawing can be stored
+    only once however many times its buttons are pressed.
+    """
+
+    def __init__(self, size: int = CANVAS_SIZE):
+        self.size = size
+        self.strokes: list[list[tuple[float, float]]] = []
+        self.drawing = False
+        self.drawing_id = uuid.uuid4().hex
+
+    @property
+    def empty(self) -> bool:
+        return not self.strokes
+
+    @property
+    def points(self) -> int:
+        return sum(len(s) for s in self.strokes)
+
+    def _point(self, x, y) -> tuple[float, float] | None:
+        """Browser coordinates -> a point on the canvas, or None for garbage."""
+        try:
+            x, y = float(x), float(y)
+        except (TypeError, ValueError):
+            return None
+        if not (math.isfinite(x) and math.isfinite(y)):
+            return None
+        # A stroke that leaves the canvas continues along its edge, as the visitor sees it.
+        return min(max(x, 0.0), self.size), min(max(y, 0.0), self.size)
+
+    def begin(self, x, y) -> bool:
+        """Start a stroke; False when the drawing already has as many strokes or points as allowed."""
+        point = self._point(x, y)
+        if point is None or len(self.strokes) >= MAX_STROKES or self.points >= MAX_POINTS:
+            return False
+        if self.drawing:  # a stroke whose end we never heard of
+            self.end()
+        self.strokes.append([point])
+        self.drawing = True
+        return True
+
+    def extend(self, x, y) -> tuple[float, float] | None:
+        """Add a point to the current stroke; returns the previous point when one was added."""
+        point = self._point(x, y)
+        if not self.drawing or point is None or self.points >= MAX_POINTS:
+            return None
+        last = self.strokes[-1][-1]
+        if math.dist(last, point) < MIN_STEP:
+            return None
+        self.strokes[-1].append(point)
+        return last
+
+    def end(self) -> bool:
+        """End the current stroke; True when there was one (a prediction is due)."""
+        was_drawing, self.drawing = self.drawing, False
+        return was_drawing
+
+    def undo(self) -> bool:
+        self.drawing = False
+        if not self.strokes:
+            return False
+        self.strokes.pop()
+        if not self.strokes:
+            self.drawing_id = uuid.uuid4().hex
+        return True
+
+    def clear(self) -> None:
+        self.strokes, self.drawing = [], False
+        self.drawing_id = uuid.uuid4().hex
+
+    def as_lists(self) -> list[list[list[float]]]:
+        return [[list(p) for p in stroke] for stroke in self.strokes]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: list[float]
+    image: torch.Tensor  # the uint8 28x28 input the model saw
+
+    @property
+    def digit(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.digit]
+
+
+def predict_strokes(model: LoadedModel, strokes, brush: Brush = DEFAULT_BRUSH) -> Prediction:
+    """Strokes on the canvas -> the model's probabilities, through the one preprocessing path."""
+    image = strokes_to_input(strokes, brush)
+    probabilities = model.predict_proba(image.unsqueeze(0))[0]
+    return Prediction([float(p) for p in probabilities], image)
+
+
+def bars_html(probabilities: list[float] | None) -> str:
+    """Ten horizontal bars as one HTML string: one widget update per prediction, not ten."""
+    top = int(np.argmax(probabilities)) if probabilities else -1
+    rows = []
+    for digit in range(10):
+        p = probabilities[digit] if probabilities else 0.0
+        css = "row top" if digit == top else "row"
+        rows.append(
+            f'<div class="{css}"><span>{digit}</span>'
+            f'<div class="bar" style="width:{p * 150:.0f}px"></div><span>{p:6.1%}</span></div>'
+        )
+    return f'<div class="digit-bars">{"".join(rows)}</div>'
+
+
+def _guarded(method):
+    """Widget callbacks never show a traceback: log it, tell the visitor in one line."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:
+            log.exception("dashboard: %s failed", method.__name__)
+            self.show_status("Something went wrong. Clear the canvas and try again.", error=True)
+
+    return wrapper
+
+
+class Dashboard:
+    """The widgets and their handlers around one DrawingPad, one model and one store."""
+
+    def __init__(self, model: LoadedModel, store: FeedbackStore, brush: Brush = DEFAULT_BRUSH):
+        self.model, self.store, self.brush = model, store, brush
+        self.session_id = uuid.uuid4().hex
+        self.pad = DrawingPad()
+        self.prediction: Prediction | None = None
+        self.saved_ids: set[str] = set()
+        self._build_widgets()
+        self._connect()
+        self._show_prediction()
+        self.redraw()
+
+    # --- widgets ------------------------------------------------------------------------------
+
+    def _build_widgets(self) -> None:
+        size = f"{CANVAS_SIZE}px"
+        self.canvas = Canvas(width=CANVAS_SIZE, height=CANVAS_SIZE, layout=widgets.Layout(width=size, height=size))
+        self.canvas.add_class(CSS["canvas"])
+        self.prediction_label = _with_class(widgets.HTML(PROMPT), CSS["prediction"])
+        self.confidence_label = widgets.HTML()
+        self.bars = widgets.HTML(bars_html(None))
+        self.preview = _with_class(
+            widgets.Image(format="png", layout=widgets.Layout(width=f"{PREVIEW_PX}px", height=f"{PREVIEW_PX}px")),
+            "digit-preview",
+        )
+        self.version_label = widgets.HTML(f"model <code>{html.escape(self.model.version)}</code>")
+        self.status = _with_class(widgets.HTML(), CSS["status"])
+        self.clear_button = _button("Clear", CSS["clear"], "trash")
+        self.undo_button = _button("Undo", CSS["undo"], "undo")
+        self.correct_button = _button("Correct", CSS["correct"], "check", style="success")
+        self.label_buttons = [_button(str(d), label_class(d), width="36px") for d in range(10)]
+
+    def _connect(self) -> None:
+        c = self.canvas
+        c.on_mouse_down(self.on_mouse_down)
+        c.on_mouse_move(self.on_mouse_move)
+        c.on_mouse_up(self.on_stroke_end)
+        c.on_mouse_out(self.on_stroke_end)  # a button released off the canvas ends the stroke too
+        c.on_touch_start(self.on_touch_start)
+        c.on_touch_move(self.on_touch_move)
+        c.on_touch_end(self.on_touch_end)
+        c.on_touch_cancel(self.on_touch_end)
+        # Under Voilà the page connects after the notebook ran: draw the background again then.
+        c.on_client_ready(self.redraw)
+        self.clear_button.on_click(lambda _: self.clear())
+        self.undo_button.on_click(lambda _: self.undo())
+        self.correct_button.on_click(lambda _: self.submit_correct())
+        for digit, button in enumerate(self.label_buttons):
+            button.on_click(lambda _, d=digit: self.submit(d))
+
+    def layout(self) -> widgets.Widget:
+        left = widgets.VBox([self.canvas, widgets.HBox([self.undo_button, self.clear_button])])
+        right = widgets.VBox(
+            [
+                widgets.HBox([self.prediction_label, self.confidence_label]),
+                self.bars,
+                widgets.HBox([widgets.HTML("model input:"), self.preview]),
+                self.version_label,
+            ],
+            layout=widgets.Layout(margin="0 0 0 24px"),
+        )
+        answer = widgets.HBox([widgets.HTML("It was actually:&nbsp;"), *self.label_buttons])
+        box = widgets.VBox(
+            [widgets.HTML(STYLE), widgets.HBox([left, right]), widgets.HBox([self.correct_button]), answer, self.status]
+        )
+        box.add_class("digit-dashboard")
+        return box
+
+    # --- drawing ------------------------------------------------------------------------------
+
+    def _ink_style(self) -> None:
+        c = self.canvas
+        c.stroke_style = c.fill_style = self.brush.colour
+        c.line_width = self.brush.display_width
+        c.line_cap = c.line_join = "round"
+
+    @_guarded
+    def redraw(self) -> None:
+        """Black background and every stroke, in one message to the browser."""
+        with hold_canvas():
+            self.canvas.fill_style = self.brush.background
+            self.canvas.fill_rect(0, 0, CANVAS_SIZE, CANVAS_SIZE)
+            self._ink_style()
+            for stroke in self.pad.strokes:
+                self._draw_stroke(stroke)
+
+    def _draw_stroke(self, stroke) -> None:
+        if len(stroke) == 1:
+            x, y = stroke[0]
+            self.canvas.fill_circle(x, y, self.brush.display_width / 2)
+        else:
+            self.canvas.stroke_lines(stroke)
+
+    @_guarded
+    def on_mouse_down(self, x, y) -> None:
+        if not self.pad.begin(x, y):
+            self.show_status(f"That is enough ink for one digit (at most {MAX_STROKES} strokes).", error=True)
+            return
+        self._enable_answers(False)  # a changed drawing needs a new guess before an answer
+        with hold_canvas():
+            self._ink_style()
+            self._draw_stroke(self.pad.strokes[-1])
+
+    @_guarded
+    def on_mouse_move(self, x, y) -> None:
+        previous = self.pad.extend(x, y)
+        if previous is None:
+            return
+        with hold_canvas():
+            self._ink_style()
+            self.canvas.stroke_line(*previous, *self.pad.strokes[-1][-1])
+
+    @_guarded
+    def on_stroke_end(self, x=None, y=None) -> None:
+        if self.pad.end():
+            self.update_prediction()
+
+    def on_touch_start(self, touches) -> None:
+        if touches:  # one finger draws; others are ignored
+            self.on_mouse_down(*touches[0])
+
+    def on_touch_move(self, touches) -> None:
+        if touches:
+            self.on_mouse_move(*touches[0])
+
+    def on_touch_end(self, touches=None) -> None:
+        self.on_stroke_end()
+
+    @_guarded
+    def undo(self) -> None:
+        if self.pad.undo():
+            self.redraw()
+            self.update_prediction()
+
+    @_guarded
+    def clear(self, status: str = "") -> None:
+        self.pad.clear()
+        self.redraw()
+        self.update_prediction()
+        self.show_status(status)
+
+    # --- prediction ---------------------------------------------------------------------------
+
+    def update_prediction(self) -> None:
+        self.prediction = None
+        if not self.pad.empty:
+            try:
+                self.prediction = predict_strokes(self.model, self.pad.as_lists(), self.brush)
+            except DrawingError as e:
+                self.show_status(str(e), error=True)
+        self._show_prediction()
+
+    def _show_prediction(self) -> None:
+        p = self.prediction
+        if p is None:
+            self.prediction_label.value = PROMPT
+            self.confidence_label.value = ""
+            self.bars.value = bars_html(None)
+            self.preview.value = b""
+        else:
+            self.prediction_label.value = str(p.digit)
+            self.confidence_label.value = f"<b>{p.confidence:.0%}</b> sure"
+            self.bars.value = bars_html(p.probabilities)
+            self.preview.value = image_to_png(p.image.numpy())
+        self._enable_answers(p is not None and self.pad.drawing_id not in self.saved_ids)
+
+    def _enable_answers(self, enabled: bool) -> None:
+        for button in (self.correct_button, *self.label_buttons):
+            button.disabled = not enabled
+
+    # --- feedback -----------------------------------------------------------------------------
+
+    def submit_correct(self) -> None:
+        if self.prediction is not None:
+            self.submit(self.prediction.digit)
+
+    @_guarded
+    def submit(self, label) -> str | None:
+        """Store the current drawing with its true label; returns the store's status or None."""
+        if self.prediction is None or self.pad.empty:
+            self.show_status("Draw a digit first.", error=True)
+            return None
+        if self.pad.drawing_id in self.saved_ids:
+            self.show_status("This drawing is already saved.")
+            return None
+        self._enable_answers(False)  # a second click while this one is stored does nothing
+        try:
+            feedback = self._feedback(label)
+            result = self.store.submit(feedback)
+        except FeedbackError as e:
+            self._enable_answers(True)
+            self.show_status(f"Not saved: {e}", error=True)
+            return None
+        self.saved_ids.add(feedback.submission_id)
+        self.clear(status=result.message)
+        return result.status
+
+    def _feedback(self, label):
+        from digitlib.store import Feedback
+
+        p = self.prediction
+        return Feedback.create(
+            strokes=self.pad.as_lists(),
+            true_label=label,
+            probabilities=p.probabilities,
+            image=p.image.numpy(),
+            model_version=self.model.version,
+            session_id=self.session_id,
+            submission_id=self.pad.drawing_id,
+        )
+
+    def show_status(self, text: str, error: bool = False) -> None:
+        colour = "#b00" if error else "#060"
+        self.status.value = f'<span style="color:{colour}">{html.escape(text)}</span>' if text else ""
+
+
+def _with_class(widget: widgets.Widget, css: str) -> widgets.Widget:
+    widget.add_class(css)
+    return widget
+
+
+def _button(text: str, css: str, icon: str = "", style: str = "", width: str = "auto") -> widgets.Button:
+    button = widgets.Button(description=text, icon=icon, button_style=style, layout=widgets.Layout(width=width))
+    return _with_class(button, css)
+
+
+def build_dashboard(model_dir: str | None = None, database_url: str | None = None) -> widgets.Widget:
+    """The dashboard's whole page; a model or database that cannot be used gives a message, not a traceback."""
+    try:
+        model = load_model(model_dir)
+        store = FeedbackStore(database_url)
+    except (CheckpointError, StoreConfigError) as e:
+        log.error("dashboard cannot start: %s", e)
+        return widgets.HTML(f"<h3>The dashboard cannot start</h3><p>{html.escape(str(e))}</p>")
+    return Dashboard(model, store).layout()

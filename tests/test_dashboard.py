@@ -1,0 +1,259 @@
+"""The dashboard's logic without a browser: the handlers are called as the canvas would call them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny_model import tiny_model_dir
+
+from digitlib import config
+from digitlib.dashboard import PROMPT, Dashboard, DrawingPad, build_dashboard, label_class, predict_strokes
+from digitlib.modeling.checkpoint import load_model
+from digitlib.preprocess import MAX_POINTS, MAX_STROKES, strokes_to_input
+from digitlib.store import FeedbackStore, png_to_image
+
+SEVEN = [[(60, 50), (220, 50), (120, 240)]]
+ONE_STROKE_PLUS = [[(140, 40), (140, 240)], [(80, 140), (200, 140)]]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_model(tiny_model_dir(tmp_path_factory))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}", queue_file=tmp_path / "queue.jsonl")
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
+def dash(model, store):
+    return Dashboard(model, store)
+
+
+def draw(dash: Dashboard, strokes, end="mouse_up") -> None:
+    """Replay strokes through the mouse handlers, with points in between like a real mouse."""
+    for stroke in strokes:
+        dash.on_mouse_down(*stroke[0])
+        for (x0, y0), (x1, y1) in zip(stroke, stroke[1:], strict=False):
+            for t in np.linspace(0, 1, 12)[1:]:
+                dash.on_mouse_move(x0 + t * (x1 - x0), y0 + t * (y1 - y0))
+        if end == "mouse_up":
+            dash.on_stroke_end(*stroke[-1])
+        else:
+            dash.on_touch_end([])
+
+
+def answer_buttons(dash: Dashboard):
+    return [dash.correct_button, *dash.label_buttons]
+
+
+# --- DrawingPad ---------------------------------------------------------------------------
+
+
+def test_pad_records_strokes_clamped_to_the_canvas():
+    pad = DrawingPad(280)
+    assert pad.begin(10, 20)
+    assert pad.extend(300, -5) == (10.0, 20.0)
+    assert pad.extend(300.4, -5) is None  # under a pixel away: nothing new
+    assert pad.end() and not pad.end()  # mouse_up then mouse_out: one stroke end
+    assert pad.strokes == [[(10.0, 20.0), (280.0, 0.0)]]
+    assert pad.extend(50, 50) is None  # moves without a button down draw nothing
+
+
+def test_pad_ignores_garbage_from_the_browser():
+    pad = DrawingPad()
+    assert not pad.begin("x", 3) and not pad.begin(float("nan"), 3)
+    assert pad.empty
+    pad.begin(1, 1)
+    assert pad.extend(None, 2) is None and pad.extend(float("inf"), 2) is None
+
+
+def test_pad_caps_strokes_and_points():
+    pad = DrawingPad()
+    for i in range(MAX_STROKES):
+        assert pad.begin(i, i)
+        pad.end()
+    assert not pad.begin(1, 1)
+    pad.clear()
+    pad.begin(0, 0)
+    for i in range(1, MAX_POINTS + 10):
+        pad.extend(i % 280, (i // 280) * 2)
+    assert pad.points == MAX_POINTS
+    strokes_to_input(pad.as_lists())  # still a drawing the preprocessing accepts
+
+
+def test_pad_undo_clear_and_drawing_ids():
+    pad = DrawingPad()
+    first_id = pad.drawing_id
+    pad.begin(1, 1), pad.end(), pad.begin(5, 5), pad.end()
+    assert pad.undo() and len(pad.strokes) == 1 and pad.drawing_id == first_id
+    assert pad.undo() and pad.empty and pad.drawing_id != first_id  # empty again: a new drawing
+    assert not pad.undo()
+    pad.begin(1, 1)
+    before = pad.drawing_id
+    pad.clear()
+    assert pad.empty and pad.drawing_id != before
+
+
+# --- prediction ---------------------------------------------------------------------------
+
+
+def test_empty_canvas_shows_a_prompt_not_a_guess(dash):
+    assert dash.prediction is None
+    assert dash.prediction_label.value == PROMPT
+    assert dash.preview.value == b""
+    assert all(b.disabled for b in answer_buttons(dash))
+    assert dash.model.version in dash.version_label.value
+
+
+def test_prediction_after_every_stroke_uses_the_one_preprocessing_path(dash, model):
+    draw(dash, ONE_STROKE_PLUS[:1])
+    first = dash.prediction
+    assert first is not None
+    draw(dash, ONE_STROKE_PLUS[1:], end="touch")
+    second = dash.prediction
+    strokes = dash.pad.as_lists()
+    expected = model.predict_proba(strokes_to_input(strokes).unsqueeze(0))[0]
+    assert torch.equal(second.image, strokes_to_input(strokes))
+    assert second.probabilities == pytest.approx(expected.tolist())
+    assert first.image.sum() != second.image.sum()  # the second stroke changed what the model saw
+    assert dash.prediction_label.value == str(int(expected.argmax()))
+    assert f"{expected.max().item():.0%}" in dash.confidence_label.value
+    assert np.array_equal(png_to_image(dash.preview.value), second.image.numpy())
+    assert dash.bars.value.count('class="row') == 10 and dash.bars.value.count('class="row top"') == 1
+    assert not any(b.disabled for b in answer_buttons(dash))
+
+
+def test_touch_drawing_works_like_the_mouse(dash):
+    dash.on_touch_start([(140, 40), (10, 10)])  # a second finger is ignored
+    for y in range(50, 240, 10):
+        dash.on_touch_move([(140, y)])
+    dash.on_touch_end([])
+    assert len(dash.pad.strokes) == 1 and dash.pad.strokes[0][0] == (140.0, 40.0)
+    assert dash.prediction is not None
+
+
+def test_a_new_stroke_disables_answers_until_its_prediction(dash):
+    draw(dash, SEVEN)
+    dash.on_mouse_down(100, 100)
+    assert all(b.disabled for b in answer_buttons(dash))
+    dash.on_stroke_end()
+    assert not dash.correct_button.disabled
+
+
+def test_undo_and_clear_update_the_prediction(dash):
+    draw(dash, ONE_STROKE_PLUS)
+    dash.undo()
+    assert len(dash.pad.strokes) == 1
+    assert torch.equal(dash.prediction.image, strokes_to_input(dash.pad.as_lists()))
+    dash.clear()
+    assert dash.pad.empty and dash.prediction is None and dash.prediction_label.value == PROMPT
+
+
+def test_predict_strokes_matches_the_drawings_evaluator(model):
+    from digitlib.drawings import Drawing, drawings_to_digits
+
+    strokes = [[list(p) for p in s] for s in SEVEN]
+    digits = drawings_to_digits([Drawing(strokes, 7)])
+    assert torch.equal(predict_strokes(model, strokes).image, digits.images[0])
+
+
+# --- feedback -----------------------------------------------------------------------------
+
+
+def test_label_button_stores_one_row_confirms_and_clears(dash, store):
+    draw(dash, SEVEN)
+    predicted, strokes = dash.prediction, dash.pad.as_lists()
+    dash.label_buttons[7].click()
+    [row] = store.rows()
+    assert row["true_label"] == 7 and row["predicted"] == predicted.digit
+    assert row["probabilities"] == pytest.approx(predicted.probabilities)
+    assert np.array_equal(png_to_image(row["image"]), predicted.image.numpy())
+    assert np.allclose(np.concatenate(row["strokes"]), np.concatenate(strokes), atol=0.01)
+    assert row["session_id"] == dash.session_id and row["model_version"] == dash.model.version
+    assert "Saved as 7" in dash.status.value
+    assert dash.pad.empty and dash.prediction_label.value == PROMPT
+
+
+def test_correct_button_stores_the_prediction_as_the_label(dash, store):
+    draw(dash, SEVEN)
+    guess = dash.prediction.digit
+    dash.correct_button.click()
+    assert [r["true_label"] for r in store.rows()] == [guess]
+
+
+def test_double_clicks_store_one_row(dash, store):
+    draw(dash, SEVEN)
+    drawing_id = dash.pad.drawing_id
+    dash.label_buttons[7].click()
+    dash.label_buttons[7].click()
+    dash.correct_button.click()
+    assert store.count() == 1
+    assert store.rows()[0]["submission_id"] == drawing_id
+    assert "Draw a digit first" in dash.status.value
+
+
+def test_submit_on_an_empty_canvas_stores_nothing(dash, store):
+    assert dash.submit(3) is None
+    assert store.count() == 0 and "Draw a digit first" in dash.status.value
+
+
+def test_bad_label_from_the_browser_is_refused_and_the_drawing_kept(dash, store):
+    draw(dash, SEVEN)
+    assert dash.submit(11) is None
+    assert "Not saved" in dash.status.value and "0-9" in dash.status.value
+    assert store.count() == 0 and not dash.pad.empty and not dash.correct_button.disabled
+
+
+def test_unreachable_database_tells_the_visitor_it_is_queued(model, tmp_path):
+    queue = tmp_path / "queue.jsonl"
+    dash = Dashboard(model, FeedbackStore("postgresql+psycopg2://postgres@127.0.0.1:1/x", queue_file=queue))
+    draw(dash, SEVEN)
+    assert dash.submit(7) == "queued"
+    assert "unreachable" in dash.status.value and "saved when it is back" in dash.status.value
+    assert json.loads(queue.read_text())["true_label"] == 7
+    assert dash.pad.empty
+
+
+def test_handler_errors_become_a_status_line_not_a_traceback(dash, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(dash.store, "submit", broken)
+    draw(dash, SEVEN)
+    dash.label_buttons[2].click()
+    assert "Something went wrong" in dash.status.value and "boom" not in dash.status.value
+
+
+def test_widgets_carry_the_css_hooks(dash):
+    page = dash.layout()
+    classes = {c for w in _walk(page) for c in getattr(w, "_dom_classes", ())}
+    expected = {"digit-canvas", "digit-prediction", "digit-correct", "digit-clear", "digit-undo", "digit-status"}
+    assert expected | {label_class(d) for d in range(10)} <= classes
+    assert dash.canvas.width == dash.canvas.height == 280
+    assert dash.canvas.layout.width == dash.canvas.layout.height == "280px"
+
+
+def _walk(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _walk(child)
+
+
+def test_build_dashboard_uses_the_settings(monkeypatch, tmp_path, model):
+    monkeypatch.setenv(config.MODEL_DIR.name, str(model.path))
+    monkeypatch.setenv(config.DATABASE_URL.name, f"sqlite:///{tmp_path / 'd.db'}")
+    page = build_dashboard()
+    assert any("digit-canvas" in getattr(w, "_dom_classes", ()) for w in _walk(page))
+
+
+def test_build_dashboard_without_a_model_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv(config.MODEL_DIR.name, str(tmp_path / "missing"))
+    page = build_dashboard()
+    assert "cannot start" in page.value and "no model at" in page.value
