@@ -27,6 +27,7 @@ from digitlib.preprocess import (
     DEFAULT_BRUSH,
     MAX_POINTS,
     MAX_STROKES,
+    MNIST_SIZE,
     Brush,
     DrawingError,
     strokes_to_input,
@@ -36,8 +37,10 @@ from digitlib.store import FeedbackError, FeedbackStore, StoreConfigError, image
 log = logging.getLogger(__name__)
 
 PROMPT = "Draw a digit"
+PROMPT_HTML = f'<span style="font-size: 28px; font-weight: 400">{PROMPT}</span>'
 MIN_STEP = 1.0  # canvas px: closer mouse moves add no information, only points
 PREVIEW_PX = 112  # the 28x28 model input shown 4x, pixel for pixel
+BLANK_PREVIEW = image_to_png(np.zeros((MNIST_SIZE, MNIST_SIZE), np.uint8))
 
 # Stable hooks for browser tests (listed in the README).
 CSS = {
@@ -49,7 +52,9 @@ CSS = {
     "status": "digit-status",
 }
 STYLE = f"""<style>
-.digit-dashboard .digit-prediction {{ font-size: 96px; line-height: 1; font-weight: 700; min-width: 80px; }}
+.digit-dashboard .digit-prediction, .digit-dashboard .digit-prediction .widget-html-content {{
+  font-size: 96px; line-height: 100px; height: 100px; font-weight: 700; min-width: 90px; }}
+.digit-dashboard .digit-status .widget-html-content {{ font-size: 16px; }}
 .digit-dashboard .digit-preview {{ image-rendering: pixelated; border: 1px solid #888; }}
 .digit-dashboard canvas.digit-canvas {{ touch-action: none; cursor: crosshair; border: 1px solid #444;
   width: {CANVAS_SIZE}px; height: {CANVAS_SIZE}px; flex: none; }}
@@ -201,7 +206,8 @@ class Dashboard:
         self._build_widgets()
         self._connect()
         self._show_prediction()
-        self.redraw()
+        # No drawing here: commands sent before a browser shows the canvas are lost, and with
+        # them ipycanvas' note of which canvas is current. The background comes on client_ready.
 
     # --- widgets ------------------------------------------------------------------------------
 
@@ -209,7 +215,7 @@ class Dashboard:
         size = f"{CANVAS_SIZE}px"
         self.canvas = Canvas(width=CANVAS_SIZE, height=CANVAS_SIZE, layout=widgets.Layout(width=size, height=size))
         self.canvas.add_class(CSS["canvas"])
-        self.prediction_label = _with_class(widgets.HTML(PROMPT), CSS["prediction"])
+        self.prediction_label = _with_class(widgets.HTML(PROMPT_HTML), CSS["prediction"])
         self.confidence_label = widgets.HTML()
         self.bars = widgets.HTML(bars_html(None))
         self.preview = _with_class(
@@ -346,10 +352,10 @@ class Dashboard:
     def _show_prediction(self) -> None:
         p = self.prediction
         if p is None:
-            self.prediction_label.value = PROMPT
+            self.prediction_label.value = PROMPT_HTML
             self.confidence_label.value = ""
             self.bars.value = bars_html(None)
-            self.preview.value = b""
+            self.preview.value = BLANK_PREVIEW
         else:
             self.prediction_label.value = str(p.digit)
             self.confidence_label.value = f"<b>{p.confidence:.0%}</b> sure"
