@@ -1,0 +1,194 @@
+"""How fast the drawing dashboard answers, and what a visitor costs in memory.
+
+1. Strokes to probabilities in Python (preprocess.strokes_to_input + predict_proba, one
+   thread) over the recorded pen drawings: p50 and p99.
+2. In headless Chromium against a running Voilà server (voila.json: preheated kernels):
+   page open to an interactive canvas (its black background drawn, which happens once the
+   kernel answers the canvas), and mouse-up to the new prediction shown, over several strokes.
+3. Kernel RSS per open dashboard session, and how many sessions fit in this machine's memory.
+
+    .venv/bin/python benchmarks/dashboard_latency.py [--model DIR] [--strokes 15] [--pages 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from digitlib import config
+from digitlib.dashboard import predict_strokes
+from digitlib.drawings import load_drawings
+from digitlib.modeling.checkpoint import load_model
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+NOTEBOOK = config.PROJ_ROOT / "dashboards" / "digits.ipynb"
+
+# Marks mouse-up and the first change of the probability bars after it, in page time.
+WATCH_PREDICTIONS = """() => {
+  window.__up = 0; window.__shown = 0;
+  document.addEventListener('mouseup', () => { window.__up = performance.now(); window.__shown = 0; }, true);
+  const bars = document.querySelector('.digit-bars').parentElement;
+  new MutationObserver(() => { if (window.__up && !window.__shown) window.__shown = performance.now(); })
+    .observe(bars, {childList: true, subtree: true, characterData: true});
+}"""
+CANVAS_READY = """() => { const c = document.querySelector('canvas.digit-canvas');
+  return c && c.getContext('2d').getImageData(2, 2, 1, 1).data[3] === 255; }"""
+
+
+def percentile(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def python_latency(model_dir: str | None, limit: int) -> dict:
+    torch.set_num_threads(1)
+    model = load_model(model_dir)
+    drawings = load_drawings(config.DRAWINGS_FILE.get())[:limit]
+    predict_strokes(model, drawings[0].strokes)  # warm-up: first call allocates
+    times = []
+    for d in drawings:
+        start = time.perf_counter()
+        predict_strokes(model, d.strokes)
+        times.append((time.perf_counter() - start) * 1000)
+    return {
+        "model": str(model.path),
+        "arch": model.metadata.get("arch"),
+        "drawings": len(times),
+        "p50_ms": round(percentile(times, 50), 2),
+        "p99_ms": round(percentile(times, 99), 2),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, env: dict) -> subprocess.Popen:
+    command = [sys.executable, "-m", "voila", str(NOTEBOOK), f"--port={port}", "--no-browser"]
+    return subprocess.Popen(
+        command,
+        cwd=config.PROJ_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def kernels(server: subprocess.Popen) -> list[psutil.Process]:
+    return [p for p in psutil.Process(server.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+
+
+def wait_for_pool(server: subprocess.Popen, idle: int, timeout: float = 120) -> None:
+    """Wait until `idle` preheated kernels exist beyond the ones pages use (and are done starting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(kernels(server)) < idle:
+        time.sleep(0.5)
+    time.sleep(8)  # a started kernel still runs the notebook before it is preheated
+
+
+def stroke_points(strokes, box) -> list[list[tuple[float, float]]]:
+    scale = box["width"] / 280
+    return [[(box["x"] + x * scale, box["y"] + y * scale) for x, y in s] for s in strokes]
+
+
+def browser_figures(model_dir: str | None, n_strokes: int, n_pages: int) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    database = Path(tempfile.mkdtemp(prefix="dashboard-bench-")) / "feedback.db"
+    env = {**os.environ, config.DATABASE_URL.name: f"sqlite:///{database}"}
+    if model_dir:
+        env[config.MODEL_DIR.name] = str(Path(model_dir).resolve())
+    port = free_port()
+    server = start_server(port, env)
+    strokes = [s for d in load_drawings(config.DRAWINGS_FILE.get())[:n_strokes] for s in d.strokes[:1]]
+    opens, latencies, rss = [], [], []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            pages = []
+            for _ in range(n_pages):
+                wait_for_pool(server, idle=len(pages) + 1)
+                page = browser.new_page(viewport={"width": 1000, "height": 800})
+                start = time.perf_counter()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function(CANVAS_READY, timeout=60_000, polling=20)
+                opens.append(time.perf_counter() - start)
+                pages.append(page)
+            page = pages[0]
+            page.evaluate(WATCH_PREDICTIONS)
+            box = page.locator(".digit-canvas").bounding_box()
+            for stroke in stroke_points(strokes, box):
+                page.locator(".digit-clear").click()
+                page.wait_for_function("() => document.querySelector('.digit-prediction').innerText.includes('Draw')")
+                time.sleep(0.2)  # let the cleared bars arrive before the next measured mouse-up
+                page.mouse.move(*stroke[0])
+                page.mouse.down()
+                for point in stroke[1:]:
+                    page.mouse.move(*point)
+                page.mouse.up()
+                page.wait_for_function("() => window.__shown > 0", timeout=10_000, polling="raf")
+                latencies.append(page.evaluate("() => window.__shown - window.__up"))
+            time.sleep(1)
+            rss = [k.memory_info().rss / 2**20 for k in kernels(server)]
+            browser.close()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    per_session = max(rss) if rss else float("nan")
+    available = psutil.virtual_memory().available / 2**20
+    return {
+        "page_open_to_canvas_s": [round(t, 2) for t in opens],
+        "page_open_to_canvas_median_s": round(statistics.median(opens), 2),
+        "mouseup_to_prediction_ms": [round(t) for t in latencies],
+        "mouseup_to_prediction_median_ms": round(statistics.median(latencies)),
+        "kernel_rss_mib": [round(r) for r in rss],
+        "kernel_rss_per_session_mib": round(per_session),
+        "memory_available_mib": round(available),
+        "sessions_that_fit": int(available // per_session) if rss else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model directory (default: DIGITLIB_MODEL, models/default)")
+    parser.add_argument(
+        "--drawings", type=int, default=1000, help="first N recorded drawings for the Python latency (default 1000)"
+    )
+    parser.add_argument("--strokes", type=int, default=15, help="strokes drawn in the browser")
+    parser.add_argument("--pages", type=int, default=3, help="pages opened (sessions measured)")
+    parser.add_argument("--no-browser", action="store_true", help="only the Python latency")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = parser.parse_args()
+
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
+    result["python"] = python_latency(args.model, args.drawings)
+    if not args.no_browser:
+        result["browser"] = browser_figures(args.model, args.strokes, args.pages)
+    for section, figures in result.items():
+        print(f"{section}: {figures}" if isinstance(figures, str) else f"{section}:")
+        if isinstance(figures, dict):
+            for key, value in figures.items():
+                print(f"  {key:>30}: {value}")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
