@@ -10,7 +10,7 @@ DEFAULT_RECIPE := --arch vggbn --epochs 15 --batch-size 128 --lr 3e-3 --optimize
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data chromium test test-fast lint format train evaluate default-model benchmark clean
-.PHONY: lab reports sweep default-report
+.PHONY: lab reports sweep default-report dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -84,3 +84,9 @@ sweep: setup ## run a sweep of notebook runs: make sweep SWEEP=experiments/lr-ar
 default-report: setup ## retrain models/default through the train notebook: reports/default-train.ipynb + .html
 	$(PAPERMILL) $(TRAIN_NB) reports/default-train.ipynb -p run_name default $(DEFAULT_RECIPE_PARAMS)
 	$(call to_html,reports/default-train.ipynb)
+
+# --- dashboard -------------------------------------------------------------------------------
+DASHBOARD_PORT ?= 8866
+
+dashboard: setup ## serve the drawing dashboard with Voila at http://localhost:8866 (preheated kernels, voila.json)
+	$(PY) -m voila dashboards/digits.ipynb --port=$(DASHBOARD_PORT) --no-browser --preheat_kernel=True
