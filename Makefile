@@ -4,13 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SHARED_DATA := ../shared/data
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# The recipe of models/default (its metadata records the same options).
-DEFAULT_RECIPE := --arch vggbn --epochs 15 --batch-size 128 --lr 3e-3 --optimizer adamw \
-	--weight-decay 5e-4 --schedule onecycle --augment draw --seed 0
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data chromium test test-fast lint format train evaluate default-model benchmark clean
-.PHONY: lab reports sweep default-report dashboard
+.PHONY: lab reports sweep dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -48,8 +45,10 @@ train: setup ## train a model: make train ARGS="--name myrun --epochs 3"
 evaluate: setup ## evaluate models/default (or MODEL=path) on the MNIST test set
 	$(PY) -m digitlib evaluate $(if $(MODEL),--model $(MODEL))
 
-default-model: setup ## retrain models/default with its recorded recipe
-	$(PY) -m digitlib train --name default $(DEFAULT_RECIPE)
+default-model: setup ## retrain models/default (default recipe) by the train notebook; report in reports/
+	$(PAPERMILL) $(TRAIN_NB) reports/default-train.ipynb -p run_name default
+	$(PAPERMILL) $(EVALUATE_NB) reports/default-evaluate.ipynb -p model models/default -p name default
+	$(call to_html,reports/default-train.ipynb reports/default-evaluate.ipynb)
 
 benchmark: setup ## seed vs default architecture: accuracy, time, images/s
 	$(PY) benchmarks/train_speed.py
@@ -65,8 +64,6 @@ EVALUATE_NB := notebooks/2.0-dl-evaluate-model.ipynb
 RUN ?= quick
 TRAIN_PARAMS ?= -p epochs 3
 SWEEP ?= experiments/lr-arch.yaml
-# DEFAULT_RECIPE as papermill parameters: --batch-size 128 -> -p batch_size 128
-DEFAULT_RECIPE_PARAMS = $(shell echo '$(DEFAULT_RECIPE)' | sed -E ':a; s/--([a-z_]+)-([a-z])/--\1_\2/; ta; s/--/-p /g')
 to_html = $(VENV)/bin/jupyter nbconvert --log-level WARN --to html $(1)
 
 lab: setup ## JupyterLab with this project's .venv as its kernel ("Python (digitlab)")
@@ -80,10 +77,6 @@ reports: setup ## train + evaluate notebooks into reports/ with HTML: make repor
 
 sweep: setup ## run a sweep of notebook runs: make sweep SWEEP=experiments/lr-arch.yaml
 	$(PY) -m digitlib sweep $(SWEEP)
-
-default-report: setup ## retrain models/default through the train notebook: reports/default-train.ipynb + .html
-	$(PAPERMILL) $(TRAIN_NB) reports/default-train.ipynb -p run_name default $(DEFAULT_RECIPE_PARAMS)
-	$(call to_html,reports/default-train.ipynb)
 
 # --- dashboard -------------------------------------------------------------------------------
 DASHBOARD_PORT ?= 8866

@@ -34,7 +34,7 @@ class TrainConfig:
     """Everything that defines a training run; recorded in the model's metadata."""
 
     arch: str = _help("architecture: seed or vggbn", default=DEFAULT_ARCH)
-    epochs: int = _help("passes over the training set", default=15)
+    epochs: int = _help("passes over the training set", default=20)
     batch_size: int = _help("images per step", default=128)
     lr: float = _help("peak learning rate", default=3e-3)
     optimizer: str = _help("adamw, adam or sgd", default="adamw")
