@@ -27,12 +27,30 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         kind = hints[f.name]
         convert = next((t for t in (int, float, str) if t in typing.get_args(kind) or kind is t), str)
         # None means "as the recipe says": only options given on the command line override it.
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action="store_true", default=None, help=f.metadata["help"])
+            continue
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
             type=convert,
             default=None,
             help=f"{f.metadata['help']} (default recipe: {f.default})",
         )
+
+
+def _init_distributed() -> int:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1); returns this rank."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group(backend)
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
@@ -42,11 +60,14 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     cfg = recipe(args.recipe, **given)
+    rank = _init_distributed()
     full = load_mnist("train", args.mnist_dir)
     train_digits, val_digits = train_val_split(full, cfg.val_size, seed=0)
     n_train = len(train_digits.head(cfg.train_subset))
     log.info("training %s on %d images (validation %d)", cfg.arch, n_train, len(val_digits))
     result = train(cfg, train_digits, val_digits)
+    if rank != 0:  # under torchrun, the first process evaluates and saves
+        return {}
     extra = {"data_checksum": full.checksum(), "command": " ".join(["digitlib", *sys.argv[1:]]), "recipe": args.recipe}
     if not args.no_test:
         test = evaluate(result.as_loaded(), load_mnist("test", args.mnist_dir)).summary()
@@ -164,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, CheckpointError, ValueError) as e:
         print(f"digitlib {args.command}: error: {e}", file=sys.stderr)
         return 2
+    if not result:  # a non-zero rank of a distributed run: nothing to report
+        return 0
     if getattr(args, "json", False):
         print(json.dumps(result))
     else:

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from digitlib import augment, config
 from digitlib.dataset import MNIST_MEAN, MNIST_STD, Digits
-from digitlib.modeling.checkpoint import LoadedModel, save_model
+from digitlib.modeling.checkpoint import LoadedModel, load_model, save_model
 from digitlib.modeling.models import DEFAULT_ARCH, build_model
 
 
@@ -48,6 +50,8 @@ class TrainConfig:
     device: str = _help("auto, cpu, cuda or mps", default="auto")
     target_accuracy: float | None = _help("stop once validation accuracy reaches this", default=None)
     threads: int | None = _help("CPU threads (default: all cores)", default=None)
+    init_from: str | None = _help("start from this model directory's weights (fine-tuning)", default=None)
+    compile: bool = _help("torch.compile the model (worth it on a GPU for long runs)", default=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,6 +109,13 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) under torchrun / torch.distributed, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -160,6 +171,13 @@ def evaluate_loss_accuracy(model: nn.Module, digits: Digits, batch_size: int = 2
     return loss_sum / n, correct / n
 
 
+def _initial_model(cfg: TrainConfig) -> nn.Module:
+    """Fresh weights, or a saved model's when fine-tuning (`init_from`, same architecture)."""
+    if cfg.init_from is None:
+        return build_model(cfg.arch)
+    return load_model(cfg.init_from, expect_arch=cfg.arch).model
+
+
 EpochCallback = Callable[[dict, nn.Module], None]
 
 
@@ -173,13 +191,17 @@ def train(
     """Train a fresh model; returns it with its per-epoch history.
 
     `on_epoch(record, model)` is called after each epoch (benchmarks use it to test the model
-    as it trains, outside the timed part).
+    as it trains, outside the timed part). Under torchrun each process trains on its share of
+    every epoch and DistributedDataParallel keeps the copies equal; `batch_size` is per process.
     """
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError("epochs and batch_size must be at least 1")
     device = pick_device(cfg.device)
+    rank, world = distributed_rank_world()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # torchrun: one GPU per process
     if device.type == "cpu":
-        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))  # cores shared by processes
     seed_everything(cfg.seed)
     aug = augment.get_augmentation(cfg.augment)
     train_digits = train_digits.head(cfg.train_subset)
@@ -187,20 +209,29 @@ def train(
     if val_digits is not None:
         val_digits = Digits(val_digits.images.to(device), val_digits.labels.to(device))
 
-    model = build_model(cfg.arch).to(device).to(memory_format=torch.channels_last)
+    model = _initial_model(cfg).to(device).to(memory_format=torch.channels_last)
     opt = _optimizer(cfg, model)
-    steps_per_epoch = math.ceil(len(train_digits) / cfg.batch_size)
+    per_rank = len(train_digits) // world
+    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
     sched = _scheduler(cfg, opt, steps_per_epoch)
+    # Same data order on every process (each takes its share); augmentation differs per process.
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    aug_generator = generator if world == 1 else torch.Generator(device=device).manual_seed(cfg.seed + 1 + rank)
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
     # bf16 autocast where the hardware does it well; CPU stays in fp32 (faster and exact there).
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     history: list[dict] = []
     train_seconds, images_seen, stopped = 0.0, 0, False
+    progress = progress and rank == 0  # one progress bar, however many processes
     epochs = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", disable=not progress)
     for epoch in epochs:
-        model.train()
-        order = torch.randperm(len(train_digits), device=device, generator=generator)
+        net.train()
+        order = torch.randperm(len(train_digits), device=device, generator=generator)[rank::world][:per_rank]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         start = time.perf_counter()
@@ -208,9 +239,9 @@ def train(
         for step in batches:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             y = train_digits.labels[idx]
-            x = _to_model_input(train_digits.images[idx], aug, generator, y)
+            x = _to_model_input(train_digits.images[idx], aug, aug_generator, y)
             with autocast:
-                logits = model(x)
+                logits = net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -223,15 +254,19 @@ def train(
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+        if world > 1:
+            for total in (loss_sum, correct):
+                dist.all_reduce(total)
+        seen = per_rank * world
         train_seconds += seconds
-        images_seen += len(train_digits)
+        images_seen += seen
         record = {
             "epoch": epoch,
-            "train_loss": loss_sum.item() / len(train_digits),
-            "train_accuracy": correct.item() / len(train_digits),
+            "train_loss": loss_sum.item() / seen,
+            "train_accuracy": correct.item() / seen,
             "lr": opt.param_groups[0]["lr"],
             "seconds": seconds,
-            "images_per_second": len(train_digits) / seconds,
+            "images_per_second": seen / seconds,
         }
         if val_digits is not None and len(val_digits):
             record["val_loss"], record["val_accuracy"] = evaluate_loss_accuracy(model, val_digits)

@@ -1,0 +1,64 @@
+"""Multi-process training with torch.distributed (gloo on CPU), as torchrun launches it."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from digitlib.modeling.checkpoint import load_model
+
+pytestmark = pytest.mark.slow
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+WORKER = textwrap.dedent(
+    """
+    import sys, torch, torch.distributed as dist
+    from digitlib.dataset import load_mnist
+    from digitlib.modeling.train import TrainConfig, train
+    dist.init_process_group("gloo")
+    cfg = TrainConfig(arch="seed", epochs=1, batch_size=50, augment="draw", train_subset=1000, threads=1)
+    result = train(cfg, load_mnist("train"), progress=False)
+    torch.save(result.model.state_dict(), f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
+    print(len(result.history), result.images_seen)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_two_processes_keep_identical_weights(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    done = subprocess.run([*TORCHRUN, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # gradients were averaged across processes
+    # Each process saw its half: together one epoch of the 1,000 images.
+    assert "1 1000" in done.stdout
+
+
+def test_cli_under_torchrun_saves_once(tmp_path):
+    out = tmp_path / "ddp-model"
+    args = [
+        "-m",
+        "digitlib",
+        "train",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--train-subset",
+        "4000",
+        "--arch",
+        "seed",
+        "--augment",
+        "none",
+        "--json",
+    ]
+    done = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 1 and reports[0]["test_accuracy"] > 0.85  # one report, from rank 0
+    assert load_model(out).metadata["history"][0]["epoch"] == 1
