@@ -50,8 +50,8 @@ default-model: setup ## retrain models/default (default recipe) by the train not
 	$(PAPERMILL) $(EVALUATE_NB) reports/default-evaluate.ipynb -p model models/default -p name default
 	$(call to_html,reports/default-train.ipynb reports/default-evaluate.ipynb)
 
-benchmark: setup ## seed vs default architecture: accuracy, time, images/s
-	$(PY) benchmarks/train_speed.py
+benchmark: setup ## run every benchmark (minutes) and write reports/benchmarks.md
+	$(PY) benchmarks/run_all.py
 
 clean: ## remove caches (keeps .venv, data and models)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,133 @@
+"""Run every benchmark and write reports/benchmarks.md (figure, value, machine, date, command).
+
+Each benchmark is its own script with --json; this runs them one after another (they would
+disturb each other's timings in parallel) and gathers their figures in one table.
+
+    .venv/bin/python benchmarks/run_all.py [--only train_speed drawn_digits ...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from digitlib import config
+
+HERE = Path(__file__).resolve().parent
+
+BENCHMARKS = {
+    "train_speed": ["--json"],
+    "drawn_digits": ["--json"],
+    "dashboard_latency": ["--json"],
+    "feedback_writes": ["--json"],
+}
+
+
+def figures_of(name: str, result: dict) -> list[tuple[str, object]]:
+    """The figures a person looks for, out of one benchmark's JSON."""
+    if name == "train_speed":
+        rows = []
+        for run in result["runs"]:
+            label = f"{run['name']} recipe ({run['arch']}, {run['epochs']} epochs)"
+            rows += [
+                (f"{label}: MNIST test accuracy", f"{run['test_accuracy']:.4f}"),
+                (f"{label}: training time", f"{run['train_seconds']:.0f} s"),
+                (f"{label}: time to 99.5% test accuracy", _seconds(run["seconds_to_99.5"])),
+                (f"{label}: images/s", f"{run['images_per_second']:.0f}"),
+            ]
+        return rows + [("default/seed training images/s ratio (same run)", result["speed_ratio_images_per_second"])]
+    if name == "drawn_digits":
+        rows = [("pen digits accuracy, default model", f"{result['accuracy']:.4f} (n={result['n']})")]
+        rows += [
+            (f"pen digits accuracy, site {s}", f"{r['accuracy']:.4f} (n={r['n']})")
+            for s, r in result["per_source"].items()
+        ]
+        return rows + [
+            ("pen digits accuracy, canvas shrunk to 28x28 (seed apps)", f"{result['seed_preprocessing_accuracy']:.4f}")
+        ]
+    if name == "dashboard_latency":
+        py, web = result["python"], result.get("browser", {})
+        rows = [
+            ("strokes to probabilities p50 (1 thread)", f"{py['p50_ms']:.2f} ms"),
+            ("strokes to probabilities p99 (1 thread)", f"{py['p99_ms']:.2f} ms"),
+        ]
+        if web:
+            rows += [
+                ("mouse-up to prediction shown in Chromium (median)", f"{web['mouseup_to_prediction_median_ms']} ms"),
+                ("page open to interactive canvas (median)", f"{web['page_open_to_canvas_median_s']} s"),
+                ("memory per dashboard session (kernel RSS)", f"{web['kernel_rss_per_session_mib']} MiB"),
+            ]
+        return rows
+    if name == "feedback_writes":
+        return [
+            ("feedback rows written per second, PostgreSQL", result["postgres_rows_per_second"]),
+            ("feedback rows written per second, SQLite", result["sqlite_rows_per_second"]),
+        ]
+    return [(k, v) for k, v in result.items() if not isinstance(v, dict | list)]
+
+
+def _seconds(value) -> str:
+    return "not reached" if value is None else f"{value:.0f} s"
+
+
+def run_benchmark(name: str) -> tuple[dict, str]:
+    command = [sys.executable, str(HERE / f"{name}.py"), *BENCHMARKS[name]]
+    print(f"== {name}", flush=True)
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=config.PROJ_ROOT)
+    print(done.stdout, flush=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed (exit {done.returncode})")
+    shown = shlex.join([".venv/bin/python", f"benchmarks/{name}.py", *BENCHMARKS[name]])
+    return json.loads(done.stdout.strip().splitlines()[-1]), shown
+
+
+def markdown(rows: list[tuple[str, object, str]], machine: str, date: str) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Made by `.venv/bin/python benchmarks/run_all.py` on {date}. Machine: {machine}.",
+        "",
+        "| figure | value | machine | date | command |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {figure} | {value} | {machine} | {date} | `{command}` |" for figure, value, command in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these")
+    parser.add_argument("--out", default=str(config.REPORTS_DIR / "benchmarks.md"))
+    args = parser.parse_args()
+
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU" if not _has_gpu() else _gpu_name()
+    date = time.strftime("%Y-%m-%d")
+    rows = []
+    for name in args.only or BENCHMARKS:
+        result, command = run_benchmark(name)
+        rows += [(figure, value, command) for figure, value in figures_of(name, result)]
+    Path(args.out).write_text(markdown(rows, machine, date))
+    print(f"wrote {args.out}")
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.cuda.get_device_name()}"
+
+
+if __name__ == "__main__":
+    main()
