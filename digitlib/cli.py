@@ -123,6 +123,55 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
     }
 
 
+def cmd_export_feedback(args: argparse.Namespace) -> dict:
+    from digitlib.feedback import export_training_set
+
+    manifest = export_training_set(args.out, args.database_url, args.holdout_fraction)
+    return {
+        "out": str(args.out),
+        "source_db": manifest["source_db"],
+        "first": manifest["time_range"]["first"],
+        "last": manifest["time_range"]["last"],
+        "rows_in_db": manifest["rows_in_db"],
+        "exported": manifest["exported"],
+        "train": manifest["counts"]["train"]["n"],
+        "holdout": manifest["counts"]["holdout"]["n"],
+        "dropped": manifest["dropped"],
+        "per_label": {k: v + manifest["counts"]["holdout"]["per_label"][k]
+                      for k, v in manifest["counts"]["train"]["per_label"].items()},
+    }  # fmt: skip
+
+
+def _pointer_result(pointer, models_dir) -> dict:
+    from digitlib.registry import version_record
+
+    record = version_record(pointer.current, models_dir)
+    return {"current": pointer.current, "version": record.get("version"), "history": " -> ".join(pointer.history)}
+
+
+def cmd_promote(args: argparse.Namespace) -> dict:
+    from digitlib.registry import promote
+
+    return _pointer_result(promote(args.name, args.models_dir, force=args.force), args.models_dir)
+
+
+def cmd_rollback(args: argparse.Namespace) -> dict:
+    from digitlib.registry import rollback
+
+    return _pointer_result(rollback(args.models_dir), args.models_dir)
+
+
+def cmd_models(args: argparse.Namespace) -> dict:
+    from digitlib.registry import list_versions
+
+    result = {}
+    for row in list_versions(args.models_dir):
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in row["metrics"].items() if isinstance(v, float))
+        mark = "* " if row["current"] else ""
+        result[row["name"]] = f"{mark}{row['version']} (parent {row['parent']}){': ' + figures if figures else ''}"
+    return result or {"models": f"no model directories in {args.models_dir or config.MODELS_DIR}"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitlib", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -132,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", default="run", help="model directory name under models/ (default: run)")
     train.add_argument("--out", help="model directory (overrides --name)")
     train.add_argument("--mnist-dir", help="folder with the MNIST files (default: MNIST_DIR, data/mnist)")
-    train.add_argument("--recipe", default="default", help="named recipe to start from: default or seed")
+    train.add_argument("--recipe", default="default", help="named recipe to start from: default, fast or seed")
     train.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
     train.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     _add_train_options(train)
@@ -158,7 +207,35 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--timeout", type=int, help="seconds allowed per notebook cell (default: no limit)")
     sw.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     sw.set_defaults(func=cmd_sweep)
+    _add_feedback_loop_commands(sub)
     return parser
+
+
+def _add_feedback_loop_commands(sub) -> None:
+    ex = sub.add_parser("export-feedback", help="write a training set from the logged feedback (with a manifest)")
+    ex.add_argument("out", help="folder for train.npz, holdout.npz and manifest.json")
+    ex.add_argument("--database-url", help="feedback store (default: DATABASE_URL setting)")
+    ex.add_argument("--holdout-fraction", type=float, default=0.2, help="share held out, fixed by submission id")
+    ex.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ex.set_defaults(func=cmd_export_feedback)
+
+    models_dir = {"help": "model registry folder (default: models/)"}
+    pr = sub.add_parser("promote", help="make a registered model version the current one")
+    pr.add_argument("name", help="version directory under models/")
+    pr.add_argument("--force", action="store_true", help="promote without a passing comparison with the current one")
+    pr.add_argument("--models-dir", **models_dir)
+    pr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    pr.set_defaults(func=cmd_promote)
+
+    rb = sub.add_parser("rollback", help="go back to the model version promoted before the current one")
+    rb.add_argument("--models-dir", **models_dir)
+    rb.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    rb.set_defaults(func=cmd_rollback)
+
+    ls = sub.add_parser("models", help="list the model versions (* marks the current one)")
+    ls.add_argument("--models-dir", **models_dir)
+    ls.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ls.set_defaults(func=cmd_models)
 
 
 def _print_human(result: dict) -> None:

@@ -116,3 +116,14 @@ def test_cli_evaluate_default_model_json():
 def test_cli_reports_missing_model_clearly(tmp_path):
     done = run_cli("evaluate", "--json", "--model", str(tmp_path / "none"))
     assert done.returncode == 2 and "no model at" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_recipes():
+    from digitlib.modeling.train import RECIPES, recipe
+
+    assert recipe("default") == TrainConfig()
+    seed = recipe("seed", epochs=2)
+    assert (seed.arch, seed.optimizer, seed.lr, seed.augment, seed.epochs) == ("seed", "adam", 1e-3, "none", 2)
+    assert RECIPES["seed"].epochs == 5  # overrides never change the recipe itself
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe("turbo")

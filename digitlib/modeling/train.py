@@ -57,9 +57,11 @@ class TrainConfig:
         return asdict(self)
 
 
-# Named recipes: `default` makes models/default; `seed` reproduces the seed apps' training.
+# Named recipes: `default` makes models/default (robust to drawn digits); `fast` is the
+# quickest to 99.5% on MNIST; `seed` reproduces the seed apps' training.
 RECIPES = {
     "default": TrainConfig(),
+    "fast": TrainConfig(epochs=6, augment="light"),
     "seed": TrainConfig(
         arch="seed", epochs=5, lr=1e-3, optimizer="adam", schedule="constant", weight_decay=0.0, augment="none"
     ),
