@@ -47,8 +47,16 @@ DATABASE_URL = Setting(
     "SQLAlchemy URL of the feedback store (SQLite file by default, or postgresql+psycopg2://...).",
 )
 DEVICE = Setting("DIGITLIB_DEVICE", "auto", "Torch device for training: auto, cpu, cuda or mps.")
+SUBMIT_RATE = Setting(
+    "DIGITLIB_SUBMIT_RATE",
+    "20",
+    "Answers one dashboard session may store per minute (a token bucket refilled at this rate).",
+)
+SUBMIT_BURST = Setting(
+    "DIGITLIB_SUBMIT_BURST", "5", "Answers one dashboard session may store in a quick burst before the rate applies."
+)
 
-SETTINGS = (MNIST_DIR, MODEL_DIR, DRAWINGS_FILE, DATABASE_URL, DEVICE)
+SETTINGS = (MNIST_DIR, MODEL_DIR, DRAWINGS_FILE, DATABASE_URL, DEVICE, SUBMIT_RATE, SUBMIT_BURST)
 
 
 def mnist_search_dirs() -> list[Path]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from ipycanvas import Canvas, hold_canvas
 
+from digitlib.limits import TokenBucket, submission_limit
 from digitlib.modeling.checkpoint import CheckpointError, LoadedModel, load_model
 from digitlib.preprocess import (
     CANVAS_SIZE,
@@ -94,7 +95,7 @@ class DrawingPad:
         """Browser coordinates -> a point on the canvas, or None for garbage."""
         try:
             x, y = float(x), float(y)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit integer
             return None
         if not (math.isfinite(x) and math.isfinite(y)):
             return None
@@ -197,8 +198,15 @@ def _guarded(method):
 class Dashboard:
     """The widgets and their handlers around one DrawingPad, one model and one store."""
 
-    def __init__(self, model: LoadedModel, store: FeedbackStore, brush: Brush = DEFAULT_BRUSH):
+    def __init__(
+        self,
+        model: LoadedModel,
+        store: FeedbackStore,
+        brush: Brush = DEFAULT_BRUSH,
+        submit_limit: TokenBucket | None = None,
+    ):
         self.model, self.store, self.brush = model, store, brush
+        self.submit_limit = submit_limit or submission_limit()  # per session: one visitor cannot flood the store
         self.session_id = uuid.uuid4().hex
         self.pad = DrawingPad()
         self.prediction: Prediction | None = None
@@ -381,6 +389,10 @@ class Dashboard:
             return None
         if self.pad.drawing_id in self.saved_ids:
             self.show_status("This drawing is already saved.")
+            return None
+        if not self.submit_limit.allow():
+            wait = max(1, math.ceil(self.submit_limit.wait_s()))
+            self.show_status(f"Too many answers in a short time: wait {wait} s, then answer again.", error=True)
             return None
         self._enable_answers(False)  # a second click while this one is stored does nothing
         try:

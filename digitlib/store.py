@@ -1,7 +1,8 @@
 """The feedback store: one row per answer a visitor gives the dashboard (SQLAlchemy 2).
 
 DATABASE_URL (config.DATABASE_URL) picks the database: an SQLite file by default, PostgreSQL
-with postgresql+psycopg2://...; the same code serves both and creates the schema on first use.
+with postgresql+psycopg2://...; the same code serves both and migrates the schema to the newest
+revision on first use (Alembic, digitlib/migrations: the Table below is the newest revision).
 
 Nothing is lost when the database is down: the row goes to a local queue file (JSON lines,
 fsynced) and is written, exactly once, on the next successful write or on `flush_queue()`.
@@ -64,7 +65,7 @@ prediction_logs = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("submission_id", String(MAX_TEXT), nullable=False, unique=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
     Column("model_version", String(MAX_VERSION), nullable=False),
     Column("predicted", SmallInteger, CheckConstraint("predicted BETWEEN 0 AND 9"), nullable=False),
     Column("confidence", Float, nullable=False),
@@ -241,8 +242,15 @@ class FeedbackStore:
         return self.engine.url.render_as_string(hide_password=True)
 
     def ensure_schema(self) -> None:
+        """Bring the database to the newest schema revision (digitlib/migrations), once per store.
+
+        At the newest revision this only reads alembic_version, which the dashboard's
+        least-privilege role may; changing the schema is the owner's job (`make migrate`).
+        """
         if not self._schema_ready:
-            metadata.create_all(self.engine, checkfirst=True)
+            from digitlib import migrations
+
+            migrations.upgrade(self.engine)
             self._schema_ready = True
 
     def _write(self, rows: Sequence[Feedback]) -> int:
