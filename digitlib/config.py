@@ -34,8 +34,24 @@ class Setting:
         return os.environ.get(self.name) or self.default
 
 
+@dataclass(frozen=True)
+class ModelSetting(Setting):
+    """DIGITLIB_MODEL when set, else the model registry's current version, else models/default."""
+
+    def get(self) -> str:
+        if os.environ.get(self.name):
+            return os.environ[self.name]
+        from digitlib.registry import current_model_dir  # lazy: the registry imports model code
+
+        return str(current_model_dir(MODELS_DIR))
+
+
 MNIST_DIR = Setting("MNIST_DIR", "", "Folder holding the four MNIST IDX files (.gz or raw).")
-MODEL_DIR = Setting("DIGITLIB_MODEL", str(DEFAULT_MODEL_DIR), "Model directory used by default.")
+MODEL_DIR = ModelSetting(
+    "DIGITLIB_MODEL",
+    str(DEFAULT_MODEL_DIR),
+    "Model directory used by default (unset: the registry's current version, else models/default).",
+)
 DRAWINGS_FILE = Setting(
     "DRAWINGS_FILE",
     str(SHARED_DATA_DIR / "pen-digits" / "unipen-dev.jsonl"),

@@ -1,0 +1,309 @@
+"""Model registry in models/: registered versions, a `current` pointer, promotion and rollback.
+
+A registered version is a model directory under models/ with a `registry.json` beside its
+weights: parent version, metrics (MNIST test, feedback held-out, drawn digits) and the manifest
+of the feedback it was trained on. `models/current.json` names the version the dashboard and
+the CLI use by default; without it, `models/default` is the base version.
+
+The pointer is only ever replaced whole (write a temporary file, then `os.replace`), so a
+reader sees the old pointer or the new one, never half of one. It keeps the history of
+promotions, so `rollback` goes back one step with a single command.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from digitlib import config
+from digitlib.modeling.checkpoint import METADATA_FILE, WEIGHTS_FILE, CheckpointError, LoadedModel, load_model
+
+POINTER_FILE = "current.json"
+RECORD_FILE = "registry.json"
+BASE_VERSION = "default"  # models/default: the base when nothing was ever promoted
+LOCK_FILE = ".registry.lock"
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(CheckpointError):
+    """A registry that cannot be used as it is: corrupt pointer, unknown version, nothing to roll back."""
+
+
+def _models_dir(models_dir: str | Path | None) -> Path:
+    return Path(models_dir) if models_dir else config.MODELS_DIR
+
+
+def pointer_path(models_dir: str | Path | None = None) -> Path:
+    return _models_dir(models_dir) / POINTER_FILE
+
+
+# --- the pointer ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """Which version is current, and the versions promoted before it (oldest first)."""
+
+    current: str
+    history: tuple[str, ...]
+    updated_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"current": self.current, "history": list(self.history), "updated_at": self.updated_at})
+
+
+def read_pointer(models_dir: str | Path | None = None) -> Pointer:
+    """The current pointer; the base version when there is no pointer file.
+
+    Raises RegistryError naming the file when it is corrupt or points at a missing version.
+    """
+    path = pointer_path(models_dir)
+    if not path.is_file():
+        return Pointer(BASE_VERSION, (BASE_VERSION,))
+    fix = f"fix or delete {path} (without it, models/{BASE_VERSION} is used), or run `digitlib rollback`"
+    try:
+        data = json.loads(path.read_text())
+        pointer = Pointer(str(data["current"]), tuple(str(v) for v in data["history"]), str(data.get("updated_at", "")))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RegistryError(f"{path}: corrupt model pointer ({e}); {fix}") from None
+    if not pointer.history or pointer.history[-1] != pointer.current:
+        raise RegistryError(f"{path}: corrupt model pointer (history does not end with current); {fix}")
+    if not (_models_dir(models_dir) / pointer.current / WEIGHTS_FILE).is_file():
+        raise RegistryError(f"{path}: points at {pointer.current!r}, which has no {WEIGHTS_FILE}; {fix}")
+    return pointer
+
+
+def _write_pointer(pointer: Pointer, models_dir: Path) -> None:
+    """Replace the pointer atomically: readers see the old one or the new one, never a mix."""
+    target = pointer_path(models_dir)
+    temporary = target.with_name(f".{POINTER_FILE}.{os.getpid()}.tmp")
+    with temporary.open("w") as f:
+        f.write(pointer.to_json() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, target)
+
+
+@contextmanager
+def _locked(models_dir: Path) -> Iterator[None]:
+    """One promotion or rollback at a time (two people pressing at once must not lose a step)."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with (models_dir / LOCK_FILE).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def current_model_dir(models_dir: str | Path | None = None) -> Path:
+    """The directory of the current version (models/default when nothing was promoted)."""
+    return _models_dir(models_dir) / read_pointer(models_dir).current
+
+
+def pointer_stamp(models_dir: str | Path | None = None) -> tuple[int, int] | None:
+    """Changes whenever the pointer is replaced (new inode, new mtime); None without a pointer."""
+    try:
+        st = pointer_path(models_dir).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+# --- versions ---------------------------------------------------------------------------------
+
+
+def version_record(name: str, models_dir: str | Path | None = None) -> dict:
+    """What the registry knows of a version: its registry.json, or the model metadata for the base."""
+    directory = _models_dir(models_dir) / name
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise RegistryError(f"no model version {name!r} in {directory.parent} (no {WEIGHTS_FILE})")
+    record_path = directory / RECORD_FILE
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    meta = json.loads((directory / METADATA_FILE).read_text()) if (directory / METADATA_FILE).is_file() else {}
+    return {"name": name, "version": meta.get("version", "unknown"), "parent": None, "metrics": meta.get("metrics", {})}
+
+
+def register(
+    name: str,
+    *,
+    parent: str | None,
+    metrics: dict,
+    data_manifest: dict | None = None,
+    comparison: dict | None = None,
+    models_dir: str | Path | None = None,
+) -> dict:
+    """Record a trained model directory models/<name>/ as a version (it is not promoted here)."""
+    directory = _models_dir(models_dir) / name
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise RegistryError(f"cannot register {name!r}: {directory / WEIGHTS_FILE} does not exist")
+    meta = json.loads((directory / METADATA_FILE).read_text())
+    record = {
+        "name": name,
+        "version": meta["version"],
+        "parent": parent,
+        "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "metrics": metrics,
+        "data_manifest": data_manifest,
+        "comparison": comparison,
+    }
+    (directory / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def list_versions(models_dir: str | Path | None = None) -> list[dict]:
+    """Every model directory in models/ with its record, the current one marked."""
+    root = _models_dir(models_dir)
+    current = read_pointer(root).current
+    names = sorted(p.parent.name for p in root.glob(f"*/{WEIGHTS_FILE}"))
+    rows = []
+    for name in names:
+        record = version_record(name, root)
+        rows.append(
+            {
+                "name": name,
+                "version": record.get("version"),
+                "parent": record.get("parent"),
+                "current": name == current,
+                "registered_at": record.get("registered_at"),
+                "metrics": record.get("metrics", {}),
+            }
+        )
+    return rows
+
+
+# --- the promotion rule -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    feedback_gain: float
+    mnist_change: float
+    tolerance: float
+
+    def to_dict(self) -> dict:
+        return {
+            "promote": self.promote,
+            "reason": self.reason,
+            "feedback_gain": self.feedback_gain,
+            "mnist_change": self.mnist_change,
+            "tolerance": self.tolerance,
+        }
+
+
+def decide(candidate: dict, current: dict, tolerance: float = 0.002) -> Decision:
+    """Promote only if better on the feedback held-out and not worse on MNIST test beyond `tolerance`.
+
+    `candidate` and `current` hold accuracies under "feedback_holdout" and "mnist_test", measured
+    on the same data.
+    """
+    for who, figures in (("candidate", candidate), ("current", current)):
+        missing = {"feedback_holdout", "mnist_test"} - set(figures)
+        if missing:
+            raise ValueError(f"{who} figures lack {sorted(missing)}")
+    gain = candidate["feedback_holdout"] - current["feedback_holdout"]
+    change = candidate["mnist_test"] - current["mnist_test"]
+    figures = f"feedback held-out {gain:+.2%}, MNIST test {change:+.2%} (tolerance {tolerance:.2%})"
+    if gain <= 0:
+        return Decision(False, f"refused: not better on feedback; {figures}", gain, change, tolerance)
+    if change < -tolerance:
+        return Decision(False, f"refused: worse on MNIST beyond the tolerance; {figures}", gain, change, tolerance)
+    return Decision(True, f"promoted: {figures}", gain, change, tolerance)
+
+
+# --- moving the pointer -----------------------------------------------------------------------
+
+
+def promote(name: str, models_dir: str | Path | None = None, force: bool = False) -> Pointer:
+    """Make `name` the current version.
+
+    Unless `force`, the version must carry a recorded comparison whose rule said promote, made
+    against the version that is current now (a comparison with an older model proves nothing).
+    """
+    root = _models_dir(models_dir)
+    with _locked(root):
+        pointer = read_pointer(root)
+        record = version_record(name, root)
+        if name == pointer.current:
+            raise RegistryError(f"{name!r} is already the current version")
+        if not force:
+            _check_comparison(name, record, pointer.current)
+        new = Pointer(name, (*pointer.history, name), datetime.now(UTC).isoformat(timespec="seconds"))
+        _write_pointer(new, root)
+        return new
+
+
+def _check_comparison(name: str, record: dict, current: str) -> None:
+    comparison = record.get("comparison") or {}
+    decision = comparison.get("decision") or {}
+    if not decision:
+        raise RegistryError(f"{name!r} has no recorded comparison with the current model; --force promotes anyway")
+    if comparison.get("against") != current:
+        raise RegistryError(
+            f"{name!r} was compared with {comparison.get('against')!r}, but {current!r} is current now: "
+            "retrain or compare again, or use --force"
+        )
+    if not decision.get("promote"):
+        raise RegistryError(f"{name!r} did not pass the promotion rule: {decision.get('reason')}; --force overrides")
+
+
+def rollback(models_dir: str | Path | None = None) -> Pointer:
+    """Go back to the version promoted before the current one."""
+    root = _models_dir(models_dir)
+    with _locked(root):
+        pointer = read_pointer(root)
+        if len(pointer.history) < 2:
+            raise RegistryError(f"nothing to roll back to: {pointer.current!r} is the first version")
+        previous = pointer.history[-2]
+        if not (root / previous / WEIGHTS_FILE).is_file():
+            raise RegistryError(f"cannot roll back to {previous!r}: {root / previous} has no {WEIGHTS_FILE}")
+        new = Pointer(previous, pointer.history[:-1], datetime.now(UTC).isoformat(timespec="seconds"))
+        _write_pointer(new, root)
+        return new
+
+
+# --- a model that follows the pointer (dashboard hot swap) ------------------------------------------
+
+
+class LiveModel:
+    """The current version, reloaded when promotion or rollback replaces the pointer.
+
+    `get()` costs one stat() when nothing changed, so the dashboard calls it before every
+    prediction: an open session switches models without a server restart. A pointer that cannot
+    be used keeps the model already loaded (a visitor never sees a broken page), and is logged.
+    """
+
+    def __init__(self, models_dir: str | Path | None = None, device: str = "cpu"):
+        self.models_dir, self.device = models_dir, device
+        self._stamp = pointer_stamp(models_dir)
+        self.model = load_model(self._resolve(), device)
+
+    def _resolve(self) -> Path:
+        # DIGITLIB_MODEL pins a model; otherwise the registry decides.
+        pinned = os.environ.get(config.MODEL_DIR.name)
+        return Path(pinned) if pinned else current_model_dir(self.models_dir)
+
+    def get(self) -> LoadedModel:
+        stamp = pointer_stamp(self.models_dir)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self.model = load_model(self._resolve(), self.device)
+            except CheckpointError as e:
+                log.error("model pointer changed but cannot be used, keeping %s: %s", self.model.version, e)
+        return self.model
+
+    @property
+    def version(self) -> str:
+        return self.get().version
