@@ -1,0 +1,369 @@
+"""The feedback loop's data side: logged answers as a DataFrame, their analysis, a training set.
+
+- `load_feedback` reads `prediction_logs` (SQLite or PostgreSQL) into pandas, with the images
+  and strokes decoded on request.
+- `export_training_set` re-renders every stored drawing from its strokes through
+  preprocess.strokes_to_input (today's preprocessing, not the PNG saved when it was drawn),
+  drops duplicates, splits off a fixed held-out set and writes a manifest.
+- `training_mix`, `fine_tune_config` and `compare_models` are the retrain recipe: MNIST plus
+  oversampled feedback, fine-tuning the current model, candidate and current side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from sqlalchemy import inspect, select
+from sqlalchemy.engine import make_url
+
+from digitlib import config
+from digitlib.dataset import DataError, Digits
+from digitlib.modeling.checkpoint import LoadedModel
+from digitlib.modeling.predict import evaluate
+from digitlib.modeling.train import TrainConfig
+from digitlib.preprocess import DEFAULT_BRUSH, DrawingError, strokes_to_input
+from digitlib.store import FeedbackStore, png_to_image, prediction_logs
+
+SUMMARY_COLUMNS = [
+    "id", "submission_id", "created_at", "model_version", "predicted", "confidence", "probabilities",
+    "true_label", "canvas_size", "session_id",
+]  # fmt: skip
+MANIFEST_FILE = "manifest.json"
+SPLIT_FILES = {"train": "train.npz", "holdout": "holdout.npz"}
+DEFAULT_HOLDOUT_FRACTION = 0.2
+
+
+class FeedbackDataError(DataError):
+    """Feedback that cannot be used as asked: nothing logged, an export that is missing or altered."""
+
+
+def password_free_url(url: str) -> str:
+    """The database URL without its password: safe to write into a manifest or a report."""
+    return make_url(url).set(password=None).render_as_string(hide_password=False)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    parsed = make_url(url)
+    database = parsed.database or ""
+    return parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not Path(database).is_file()
+
+
+def load_feedback(url: str | None = None, images: bool = False, strokes: bool = False) -> pd.DataFrame:
+    """Every logged answer as a DataFrame, oldest first (empty, with the columns, when none are).
+
+    Adds `correct` (the visitor said the model was right). `images=True` adds `image`, the
+    28x28 uint8 model input decoded from its PNG; `strokes=True` adds the drawing's strokes.
+    A missing SQLite file or table is an empty frame, and is not created by reading.
+    """
+    url = url or config.DATABASE_URL.get()
+    columns = SUMMARY_COLUMNS + ["image"] * images + ["strokes"] * strokes
+    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in [*columns, "correct"]})
+    if _sqlite_file_missing(url):
+        return empty
+    store = FeedbackStore(url)
+    try:
+        if not inspect(store.engine).has_table(prediction_logs.name):
+            return empty
+        query = select(*(prediction_logs.c[c] for c in columns)).order_by(prediction_logs.c.id)
+        with store.engine.connect() as connection:
+            frame = pd.DataFrame([dict(r._mapping) for r in connection.execute(query)], columns=columns)
+    finally:
+        store.dispose()
+    if frame.empty:
+        return empty
+    # SQLite hands back naive datetimes: the store writes UTC.
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    frame["correct"] = frame["predicted"] == frame["true_label"]
+    if images:
+        frame["image"] = [png_to_image(bytes(png)) for png in frame["image"]]
+    return frame
+
+
+# --- analysis -----------------------------------------------------------------------------------
+
+
+def feedback_summary(frame: pd.DataFrame) -> dict:
+    """Headline figures: how much feedback, over what time, how often the model was right."""
+    if frame.empty:
+        return {"n": 0}
+    return {
+        "n": len(frame),
+        "sessions": int(frame["session_id"].nunique()),
+        "first": frame["created_at"].min().isoformat(),
+        "last": frame["created_at"].max().isoformat(),
+        "said_correct": float(frame["correct"].mean()),
+        "per_version": accuracy_per_version(frame).reset_index().to_dict("records"),
+    }
+
+
+def accuracy_per_version(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model version: answers, share the visitors said was right, mean confidence, first/last seen."""
+    grouped = frame.groupby("model_version")
+    table = pd.DataFrame(
+        {
+            "n": grouped.size(),
+            "accuracy": grouped["correct"].mean(),
+            "mean_confidence": grouped["confidence"].mean(),
+            "first": grouped["created_at"].min().map(lambda t: t.isoformat()),
+            "last": grouped["created_at"].max().map(lambda t: t.isoformat()),
+        }
+    )
+    return table.sort_values("first")
+
+
+def user_confusion(frame: pd.DataFrame) -> np.ndarray:
+    """10x10 counts: rows the label visitors gave, columns what the model predicted."""
+    flat = frame["true_label"].to_numpy(dtype=np.int64) * 10 + frame["predicted"].to_numpy(dtype=np.int64)
+    return np.bincount(flat, minlength=100).reshape(10, 10)
+
+
+def submissions_figure(frame: pd.DataFrame, freq: str = "D") -> Figure:
+    """Answers per period (bars) and the share of them saying the model was right (line)."""
+    per_period = frame.set_index("created_at").resample(freq)["correct"].agg(["size", "mean"])
+    times = per_period.index.tz_localize(None)  # matplotlib's date axis counts in days
+    spacing = (times[1] - times[0]) if len(times) > 1 else pd.Timedelta(hours=1)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(times, per_period["size"], width=0.8 * spacing / pd.Timedelta(days=1), color="tab:blue")
+    ax.set(ylabel="answers", title="Feedback over time")
+    right = ax.twinx()
+    right.plot(times, per_period["mean"], "o-", color="tab:green")
+    right.set(ylim=(0, 1.05), ylabel="share said correct")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def version_accuracy_figure(table: pd.DataFrame) -> Figure:
+    """Share of answers saying the model was right, per model version (from `accuracy_per_version`)."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(table)), 3.5))
+    bars = ax.bar(range(len(table)), table["accuracy"], color="tab:green")
+    ax.bar_label(bars, labels=[f"{a:.0%}\nn={n}" for a, n in zip(table["accuracy"], table["n"], strict=True)])
+    ax.set_xticks(range(len(table)), [str(v)[-24:] for v in table.index], rotation=20, ha="right", fontsize=8)
+    ax.set(ylim=(0, 1.2), ylabel="said correct", title="Accuracy per model version (visitors' answers)")
+    fig.tight_layout()
+    return fig
+
+
+def misrecognised_gallery(frame: pd.DataFrame, limit: int = 30) -> Figure:
+    """Drawings the model got wrong, most confident first, as the model saw them."""
+    from digitlib.plots import digit_grid
+
+    wrong = frame[~frame["correct"]].sort_values("confidence", ascending=False).head(limit)
+    images = torch.from_numpy(np.stack(wrong["image"].to_list())) if len(wrong) else torch.empty(0, 28, 28)
+    captions = [f"pred {p} ({c:.0%})\ntrue {t}" for p, c, t in zip(wrong["predicted"], wrong["confidence"],
+                                                                    wrong["true_label"], strict=True)]  # fmt: skip
+    title = f"{len(wrong)} most confident of {int((~frame['correct']).sum())} misrecognised drawings"
+    return digit_grid(images, captions, title=title)
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def in_holdout(submission_id: str, fraction: float = DEFAULT_HOLDOUT_FRACTION) -> bool:
+    """The fixed split: a submission's side depends on its id alone, so it never changes sides."""
+    bucket = int(hashlib.sha256(submission_id.encode()).hexdigest()[:8], 16) / 16**8
+    return bucket < fraction
+
+
+def _drawing_key(strokes) -> str:
+    return hashlib.sha256(json.dumps(strokes, separators=(",", ":")).encode()).hexdigest()
+
+
+def _deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """One row per drawing (the first answer); a drawing given different labels is dropped as unreliable."""
+    keys = frame["strokes"].map(_drawing_key)
+    labels_per_key = frame.groupby(keys)["true_label"].nunique()
+    conflicting = keys.map(labels_per_key) > 1
+    kept = frame[~conflicting & ~keys.duplicated()]
+    duplicates = int((~conflicting).sum()) - len(kept)
+    return kept, duplicates, int(conflicting.sum())
+
+
+def _render(frame: pd.DataFrame) -> tuple[list[torch.Tensor], list[int]]:
+    """Re-render every drawing through today's preprocessing; returns images and the rows that rendered."""
+    images, rendered = [], []
+    for position, strokes in enumerate(frame["strokes"]):
+        try:
+            images.append(strokes_to_input(strokes, DEFAULT_BRUSH))
+            rendered.append(position)
+        except DrawingError:
+            continue  # stored rows were validated; one that no longer renders is counted, not fatal
+    return images, rendered
+
+
+def _write_split(path: Path, frame: pd.DataFrame, images: list[torch.Tensor]) -> str:
+    stacked = torch.stack(images).numpy() if images else np.zeros((0, 28, 28), np.uint8)
+    ids = frame["submission_id"].to_numpy(dtype=str)
+    np.savez_compressed(path, images=stacked, labels=frame["true_label"].to_numpy(np.int64), submission_ids=ids)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _label_counts(frame: pd.DataFrame) -> dict[str, int]:
+    counts = frame["true_label"].value_counts()
+    return {str(d): int(counts.get(d, 0)) for d in range(10)}
+
+
+def export_training_set(
+    out: str | Path, url: str | None = None, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+) -> dict:
+    """Write train.npz, holdout.npz and manifest.json into `out` from the logged feedback; returns the manifest.
+
+    Raises FeedbackDataError when there is no usable feedback.
+    """
+    if not 0 < holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be between 0 and 1, not {holdout_fraction}")
+    url = url or config.DATABASE_URL.get()
+    frame = load_feedback(url, strokes=True)
+    if frame.empty:
+        raise FeedbackDataError(f"no feedback in {password_free_url(url)}: nothing to export")
+    unique, duplicates, conflicting = _deduplicate(frame)
+    images, rendered = _render(unique)
+    usable = unique.iloc[rendered].reset_index(drop=True)
+    if usable.empty:
+        raise FeedbackDataError(f"none of the {len(frame)} rows in {password_free_url(url)} gives a usable drawing")
+    holdout = usable["submission_id"].map(lambda s: in_holdout(s, holdout_fraction)).to_numpy()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits, checksums = {"train": ~holdout, "holdout": holdout}, {}
+    for split, mask in splits.items():
+        chosen = [image for image, keep in zip(images, mask, strict=True) if keep]
+        checksums[split] = _write_split(out / SPLIT_FILES[split], usable[mask], chosen)
+    dropped = {"duplicates": duplicates, "conflicting_labels": conflicting, "unrenderable": len(unique) - len(usable)}
+    manifest = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source_db": password_free_url(url),
+        "time_range": {"first": usable["created_at"].min().isoformat(), "last": usable["created_at"].max().isoformat()},
+        "rows_in_db": len(frame),
+        "exported": len(usable),
+        "dropped": dropped,
+        "split": {"rule": "sha256(submission_id) bucket < holdout_fraction", "holdout_fraction": holdout_fraction},
+        "counts": {s: {"n": int(m.sum()), "per_label": _label_counts(usable[m])} for s, m in splits.items()},
+        "model_versions": {str(k): int(v) for k, v in usable["model_version"].value_counts().items()},
+        "preprocessing": "preprocess.strokes_to_input (re-rendered from stored strokes)",
+        "sha256": checksums,
+    }
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+@dataclass
+class FeedbackExport:
+    train: Digits
+    holdout: Digits
+    manifest: dict
+    directory: Path
+
+
+def load_export(directory: str | Path) -> FeedbackExport:
+    """Read an export back, checking its files against the manifest's checksums."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FeedbackDataError(f"{directory}: no {MANIFEST_FILE}; run `digitlib export-feedback {directory}`")
+    manifest = json.loads(manifest_path.read_text())
+    splits = {}
+    for split, name in SPLIT_FILES.items():
+        path = directory / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != manifest["sha256"][split]:
+            raise FeedbackDataError(f"{path}: missing or altered since export (checksum differs from {manifest_path})")
+        with np.load(path, allow_pickle=False) as data:
+            splits[split] = Digits(torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]))
+    return FeedbackExport(splits["train"], splits["holdout"], manifest, directory)
+
+
+# --- retraining -----------------------------------------------------------------------------------
+
+
+def concat_digits(*parts: Digits) -> Digits:
+    return Digits(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+
+
+def training_mix(mnist: Digits, feedback: Digits, mnist_subset: int | None = None, oversample: int = 10) -> Digits:
+    """MNIST (its first `mnist_subset` images) plus the feedback repeated `oversample` times.
+
+    Repeating is the weighting: a few hundred drawings would be drowned in tens of thousands of
+    MNIST digits. Order does not matter: training shuffles every epoch.
+    """
+    if oversample < 0:
+        raise ValueError(f"oversample must be 0 or more, not {oversample}")
+    repeated = feedback.subset(torch.arange(len(feedback)).repeat(oversample))
+    return concat_digits(mnist.head(mnist_subset), repeated)
+
+
+def fine_tune_config(base: LoadedModel, **overrides) -> TrainConfig:
+    """Start from `base`'s weights: a short, gentle run (low learning rate, cosine decay)."""
+    if base.path is None:
+        raise ValueError("the base model must come from a model directory (load_model)")
+    settings = {
+        "arch": base.metadata["arch"],
+        "init_from": str(base.path),
+        "epochs": 2,
+        "lr": 3e-4,
+        "schedule": "cosine",
+        "augment": "light",
+        "val_size": 0,
+        **overrides,
+    }
+    return TrainConfig(**settings)
+
+
+def compare_models(models: dict[str, LoadedModel], sets: dict[str, Digits]) -> pd.DataFrame:
+    """Accuracy of each model (columns) on each evaluation set (rows), with the set's size."""
+    rows = {}
+    for set_name, digits in sets.items():
+        rows[set_name] = {"n": len(digits), **{m: evaluate(model, digits).accuracy for m, model in models.items()}}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def comparison_figure(table: pd.DataFrame, title: str = "Candidate and current model") -> Figure:
+    """Grouped bars: accuracy per evaluation set, one bar per model."""
+    models = [c for c in table.columns if c != "n"]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        bars = ax.bar(np.arange(len(table)) + i * width, table[model], width, label=model)
+        ax.bar_label(bars, labels=[f"{a:.1%}" for a in table[model]], fontsize=8)
+    ax.set_xticks(np.arange(len(table)) + width * (len(models) - 1) / 2, [f"{s}\nn={n}" for s, n in table["n"].items()])
+    ax.set(ylim=(0, 1.15), ylabel="accuracy", title=title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# --- simulated visitors (tests, benchmarks, demonstrations) -------------------------------------
+
+
+def submit_drawings(store: FeedbackStore, model: LoadedModel, drawings, per_session: int = 20) -> int:
+    """Answer the dashboard with recorded drawings, as visitors would; returns how many rows were saved.
+
+    Each drawing goes through the dashboard's own predict path, and its recorded label is the
+    visitor's answer; every `per_session` drawings make one session.
+    """
+    from digitlib.dashboard import predict_strokes
+    from digitlib.store import Feedback
+
+    saved = 0
+    for i, drawing in enumerate(drawings):
+        prediction = predict_strokes(model, drawing.strokes)
+        row = Feedback.create(
+            strokes=drawing.strokes,
+            true_label=drawing.label,
+            probabilities=prediction.probabilities,
+            image=prediction.image.numpy(),
+            model_version=prediction.model_version,
+            session_id=f"{drawing.source}-{i // per_session}",
+        )
+        saved += store.submit(row).status == "saved"
+    return saved
