@@ -33,6 +33,7 @@ from digitlib.preprocess import (
     DrawingError,
     strokes_to_input,
 )
+from digitlib.registry import LiveModel
 from digitlib.store import FeedbackError, FeedbackStore, StoreConfigError, image_to_png
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,10 @@ STYLE = f"""<style>
 .digit-bars .bar {{ background: #9ab; height: 12px; }}
 .digit-bars .top .bar {{ background: #2a7; }}
 </style>"""
+
+
+def version_html(version: str) -> str:
+    return f"model <code>{html.escape(version)}</code>"
 
 
 def label_class(digit: int) -> str:
@@ -150,6 +155,7 @@ class DrawingPad:
 class Prediction:
     probabilities: list[float]
     image: torch.Tensor  # the uint8 28x28 input the model saw
+    model_version: str = ""  # the model that made it: the stored row names this one
 
     @property
     def digit(self) -> int:
@@ -164,7 +170,7 @@ def predict_strokes(model: LoadedModel, strokes, brush: Brush = DEFAULT_BRUSH) -
     """Strokes on the canvas -> the model's probabilities, through the one preprocessing path."""
     image = strokes_to_input(strokes, brush)
     probabilities = model.predict_proba(image.unsqueeze(0))[0]
-    return Prediction([float(p) for p in probabilities], image)
+    return Prediction([float(p) for p in probabilities], image, model.version)
 
 
 def bars_html(probabilities: list[float] | None) -> str:
@@ -200,12 +206,12 @@ class Dashboard:
 
     def __init__(
         self,
-        model: LoadedModel,
+        model: LoadedModel | LiveModel,
         store: FeedbackStore,
         brush: Brush = DEFAULT_BRUSH,
         submit_limit: TokenBucket | None = None,
     ):
-        self.model, self.store, self.brush = model, store, brush
+        self.model_source, self.store, self.brush = model, store, brush
         self.submit_limit = submit_limit or submission_limit()  # per session: one visitor cannot flood the store
         self.session_id = uuid.uuid4().hex
         self.pad = DrawingPad()
@@ -216,6 +222,13 @@ class Dashboard:
         self._show_prediction()
         # No drawing here: commands sent before a browser shows the canvas are lost, and with
         # them ipycanvas' note of which canvas is current. The background comes on client_ready.
+
+    @property
+    def model(self) -> LoadedModel:
+        """The model to predict with now: a LiveModel follows promotions and rollbacks (hot swap)."""
+        if isinstance(self.model_source, LiveModel):
+            return self.model_source.get()
+        return self.model_source
 
     # --- widgets ------------------------------------------------------------------------------
 
@@ -230,7 +243,7 @@ class Dashboard:
             widgets.Image(format="png", layout=widgets.Layout(width=f"{PREVIEW_PX}px", height=f"{PREVIEW_PX}px")),
             "digit-preview",
         )
-        self.version_label = widgets.HTML(f"model <code>{html.escape(self.model.version)}</code>")
+        self.version_label = widgets.HTML(version_html(self.model.version))
         self.status = _with_class(widgets.HTML(), CSS["status"])
         self.clear_button = _button("Clear", CSS["clear"], "trash")
         self.undo_button = _button("Undo", CSS["undo"], "undo")
@@ -351,8 +364,10 @@ class Dashboard:
     def update_prediction(self) -> None:
         self.prediction = None
         if not self.pad.empty:
+            model = self.model  # checked before every prediction: a promoted model is used at once
+            self.version_label.value = version_html(model.version)
             try:
-                self.prediction = predict_strokes(self.model, self.pad.as_lists(), self.brush)
+                self.prediction = predict_strokes(model, self.pad.as_lists(), self.brush)
             except DrawingError as e:
                 self.show_status(str(e), error=True)
         self._show_prediction()
@@ -415,7 +430,7 @@ class Dashboard:
             true_label=label,
             probabilities=p.probabilities,
             image=p.image.numpy(),
-            model_version=self.model.version,
+            model_version=p.model_version or self.model.version,
             session_id=self.session_id,
             submission_id=self.pad.drawing_id,
         )
@@ -438,7 +453,8 @@ def _button(text: str, css: str, icon: str = "", style: str = "", width: str = "
 def build_dashboard(model_dir: str | None = None, database_url: str | None = None) -> widgets.Widget:
     """The dashboard's whole page; a model or database that cannot be used gives a message, not a traceback."""
     try:
-        model = load_model(model_dir)
+        # Without a model named here, follow the registry's current pointer (DIGITLIB_MODEL still pins one).
+        model = load_model(model_dir) if model_dir else LiveModel()
         store = FeedbackStore(database_url)
     except (CheckpointError, StoreConfigError) as e:
         log.error("dashboard cannot start: %s", e)
