@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from sqlalchemy import inspect, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from digitlib import config
 from digitlib.dataset import DataError, Digits
@@ -48,7 +48,9 @@ class FeedbackDataError(DataError):
 
 def password_free_url(url: str) -> str:
     """The database URL without its password: safe to write into a manifest or a report."""
-    return make_url(url).set(password=None).render_as_string(hide_password=False)
+    u = make_url(url)  # URL.set(password=None) would keep the password: None there means "unchanged"
+    bare = URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query)
+    return bare.render_as_string(hide_password=False)
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -1,0 +1,223 @@
+"""Feedback as a DataFrame (SQLite and PostgreSQL), the training-set export and the retrain recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_store import pg_url, sqlite_url  # noqa: F401  (fixtures: the same databases as the store tests)
+
+from digitlib import cli, feedback
+from digitlib.dataset import Digits
+from digitlib.feedback import FeedbackDataError, export_training_set, in_holdout, load_export, load_feedback
+from digitlib.modeling.checkpoint import CheckpointError, load_model, save_model
+from digitlib.modeling.models import build_model
+from digitlib.modeling.train import TrainConfig, train
+from digitlib.preprocess import strokes_to_input
+from digitlib.store import Feedback, FeedbackStore
+
+ONE = [[[140, 40], [140, 240]]]
+SEVEN = [[[100, 60], [180, 60], [130, 220]]]
+FOUR = [[[100, 40], [80, 160], [200, 160]], [[170, 80], [170, 250]]]
+
+
+def answer(strokes, label, predicted, version="v1", **changes) -> Feedback:
+    """A visitor's answer; the stored image is blank on purpose, so re-rendering can be told apart."""
+    probabilities = np.full(10, 0.02)
+    probabilities[predicted] = 0.82
+    args = {
+        "strokes": strokes,
+        "true_label": label,
+        "probabilities": probabilities,
+        "image": np.zeros((28, 28), np.uint8),
+        "model_version": version,
+        "session_id": "s1",
+        **changes,
+    }
+    return Feedback.create(**args)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request):
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def filled(url, tmp_path):
+    """Five answers: two models, one mistake each, one replay of a drawing, one drawing labelled two ways."""
+    store = FeedbackStore(url, queue_file=tmp_path / "queue.jsonl")
+    rows = [
+        answer(ONE, 1, 1, "v1"),
+        answer(SEVEN, 7, 1, "v1"),  # the model said 1: wrong
+        answer(ONE, 1, 1, "v2"),  # the same drawing again (a replay under a new id)
+        answer(FOUR, 4, 4, "v2"),
+        answer(FOUR, 9, 4, "v2"),  # the same four labelled 9 by someone else: unreliable
+        answer([[[60, 60], [220, 60], [220, 230]]], 7, 7, "v2"),
+    ]
+    for row in rows:
+        assert store.submit(row).status == "saved"
+    store.dispose()
+    return url
+
+
+# --- the DataFrame -------------------------------------------------------------------------------
+
+
+def test_feedback_frame_has_one_row_per_answer(filled):
+    frame = load_feedback(filled)
+    assert len(frame) == 6 and list(frame["id"]) == sorted(frame["id"])
+    assert frame["correct"].tolist() == [True, False, True, True, False, True]
+    assert str(frame["created_at"].dt.tz) == "UTC"
+    assert "image" not in frame and "strokes" not in frame
+    assert frame.loc[1, "predicted"] == 1 and frame.loc[1, "true_label"] == 7
+    assert len(frame.loc[0, "probabilities"]) == 10
+
+
+def test_images_and_strokes_are_decoded_on_request(filled):
+    frame = load_feedback(filled, images=True, strokes=True)
+    assert frame.loc[0, "image"].shape == (28, 28) and frame.loc[0, "image"].dtype == np.uint8
+    assert frame.loc[1, "strokes"] == SEVEN
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_empty_database_gives_an_empty_frame(backend, request, tmp_path):
+    url = request.getfixturevalue(f"{'sqlite' if backend == 'sqlite' else 'pg'}_url")
+    frame = load_feedback(url, images=True)
+    assert frame.empty and {"created_at", "true_label", "correct", "image"} <= set(frame.columns)
+    assert feedback.feedback_summary(frame) == {"n": 0}
+
+
+def test_reading_a_missing_sqlite_file_does_not_create_it(tmp_path):
+    assert load_feedback(f"sqlite:///{tmp_path / 'none.db'}").empty
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_analysis_tables(filled):
+    frame = load_feedback(filled)
+    per_version = feedback.accuracy_per_version(frame)
+    assert per_version.loc["v1", "n"] == 2 and per_version.loc["v1", "accuracy"] == 0.5
+    assert per_version.loc["v2", "accuracy"] == 0.75
+    confusion = feedback.user_confusion(frame)
+    assert confusion.sum() == 6 and confusion[7, 1] == 1 and confusion[9, 4] == 1
+    summary = feedback.feedback_summary(frame)
+    assert summary["n"] == 6 and summary["said_correct"] == pytest.approx(4 / 6)
+
+
+def test_password_never_reaches_a_manifest():
+    url = "postgresql+psycopg2://me:s3cret@db.example:5432/feedback"
+    assert feedback.password_free_url(url) == "postgresql+psycopg2://me@db.example:5432/feedback"
+
+
+# --- export ----------------------------------------------------------------------------------------
+
+
+def test_export_rerenders_deduplicates_and_writes_a_manifest(filled, tmp_path):
+    manifest = export_training_set(tmp_path / "export", filled, holdout_fraction=0.5)
+    assert manifest["rows_in_db"] == 6 and manifest["exported"] == 3  # ONE, SEVEN, the other 7
+    assert manifest["dropped"] == {"duplicates": 1, "conflicting_labels": 2, "unrenderable": 0}
+    assert manifest["source_db"] == feedback.password_free_url(filled)
+    counts = manifest["counts"]
+    assert counts["train"]["n"] + counts["holdout"]["n"] == 3
+    total = {d: counts["train"]["per_label"][d] + counts["holdout"]["per_label"][d] for d in map(str, range(10))}
+    assert total == {**{str(d): 0 for d in range(10)}, "1": 1, "7": 2}
+    assert manifest["time_range"]["first"] <= manifest["time_range"]["last"]
+
+    export = load_export(tmp_path / "export")
+    both = feedback.concat_digits(export.train, export.holdout)
+    assert len(both) == 3 and both.images.dtype == torch.uint8
+    # Re-rendered from the strokes with today's preprocessing, not the (blank) stored PNG.
+    rendered = {int(label): strokes_to_input(s) for s, label in ((ONE, 1), (SEVEN, 7))}
+    assert any(torch.equal(image, rendered[7]) for image in both.images)
+    assert any(torch.equal(image, rendered[1]) for image in both.images)
+
+
+def test_the_split_is_fixed_by_submission_id(url, tmp_path):
+    store = FeedbackStore(url, queue_file=tmp_path / "queue.jsonl")
+    rng = np.random.default_rng(0)
+    first = [answer([[[20 + x, 40], [x + 100, 200 + i % 30]]], i % 10, i % 10, submission_id=f"a{i}")
+             for i, x in enumerate(rng.integers(0, 100, 40))]  # fmt: skip
+    for row in first:
+        store.submit(row)
+    export_training_set(tmp_path / "one", url, 0.25)
+    for i in range(20):  # more feedback arrives
+        store.submit(answer([[[30, 50 + i], [200, 210]]], 3, 3, submission_id=f"b{i}"))
+    export_training_set(tmp_path / "two", url, 0.25)
+    store.dispose()
+
+    def holdout_ids(folder):
+        with np.load(Path(folder) / "holdout.npz") as data:
+            return set(data["submission_ids"].tolist())
+
+    expected = {r.submission_id for r in first if in_holdout(r.submission_id, 0.25)}
+    assert holdout_ids(tmp_path / "one") == expected and 0 < len(expected) < 40
+    assert holdout_ids(tmp_path / "two") & {r.submission_id for r in first} == expected
+
+
+def test_exporting_an_empty_database_is_a_clear_error(sqlite_url, tmp_path, capsys):  # noqa: F811
+    with pytest.raises(FeedbackDataError, match="no feedback in sqlite"):
+        export_training_set(tmp_path / "out", sqlite_url)
+    assert cli.main(["export-feedback", str(tmp_path / "out"), "--database-url", sqlite_url]) == 2
+    assert "nothing to export" in capsys.readouterr().err
+
+
+def test_cli_export_feedback(filled, tmp_path, capsys):
+    assert cli.main(["export-feedback", str(tmp_path / "out"), "--database-url", filled, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["exported"] == 3 and result["train"] + result["holdout"] == 3
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["exported"] == 3
+
+
+def test_an_altered_export_is_refused(filled, tmp_path):
+    export_training_set(tmp_path / "e", filled)
+    with np.load(tmp_path / "e" / "train.npz") as data:
+        arrays = dict(data)
+    arrays["labels"] = (arrays["labels"] + 1) % 10
+    np.savez_compressed(tmp_path / "e" / "train.npz", **arrays)
+    with pytest.raises(FeedbackDataError, match="altered"):
+        load_export(tmp_path / "e")
+    with pytest.raises(FeedbackDataError, match="no manifest.json"):
+        load_export(tmp_path / "nowhere")
+
+
+# --- the retrain recipe ----------------------------------------------------------------------------
+
+
+def digits(n, label):
+    return Digits(torch.full((n, 28, 28), label, dtype=torch.uint8), torch.full((n,), label, dtype=torch.long))
+
+
+def test_training_mix_oversamples_the_feedback():
+    mix = feedback.training_mix(digits(100, 0), digits(3, 5), mnist_subset=40, oversample=4)
+    assert len(mix) == 52 and int((mix.labels == 5).sum()) == 12
+    assert len(feedback.training_mix(digits(100, 0), digits(3, 5), None, 0)) == 100
+    with pytest.raises(ValueError, match="oversample"):
+        feedback.training_mix(digits(1, 0), digits(1, 1), oversample=-1)
+
+
+def test_fine_tuning_starts_from_the_base_weights(tmp_path):
+    torch.manual_seed(3)
+    base = load_model(save_model(build_model("seed"), tmp_path / "base", {"arch": "seed", "arch_params": {}}))
+    cfg = feedback.fine_tune_config(base, epochs=1, lr=0.0, schedule="constant", augment="none", threads=1)
+    assert cfg.arch == "seed" and cfg.init_from == str(tmp_path / "base")
+    result = train(cfg, digits(64, 3), None, progress=False)
+    # Learning rate 0: the model is exactly the one it started from (no BatchNorm in `seed`).
+    for name, tensor in base.model.state_dict().items():
+        assert torch.equal(result.model.state_dict()[name], tensor), name
+
+
+def test_fine_tuning_refuses_another_architecture(tmp_path):
+    save_model(build_model("seed"), tmp_path / "base", {"arch": "seed", "arch_params": {}})
+    cfg = TrainConfig(arch="vggbn", init_from=str(tmp_path / "base"), epochs=1, val_size=0)
+    with pytest.raises(CheckpointError, match="not 'vggbn'"):
+        train(cfg, digits(8, 1), None, progress=False)
+
+
+def test_compare_models_side_by_side(tmp_path):
+    torch.manual_seed(0)
+    model = load_model(save_model(build_model("seed"), tmp_path / "m", {"arch": "seed", "arch_params": {}}))
+    table = feedback.compare_models({"current": model, "candidate": model}, {"a": digits(5, 2), "b": digits(7, 4)})
+    assert list(table.index) == ["a", "b"] and table.loc["b", "n"] == 7
+    assert (table["current"] == table["candidate"]).all() and table["current"].between(0, 1).all()
