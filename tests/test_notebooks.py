@@ -15,7 +15,8 @@ import nbformat
 import papermill
 import pytest
 
-from digitlib import config, experiments
+from digitlib import config, experiments, registry
+from digitlib.modeling.checkpoint import load_model
 from digitlib.modeling.train import TrainConfig, save_training, train
 
 NOTEBOOKS = sorted(config.NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -54,7 +55,7 @@ def first_code_cell(path: Path):
 
 
 def test_notebooks_exist_in_running_order():
-    assert [p.name[:3] for p in NOTEBOOKS] == ["1.0", "2.0"]
+    assert [p.name[:3] for p in NOTEBOOKS] == ["1.0", "2.0", "3.0", "4.0"]
 
 
 @pytest.mark.parametrize("path", COMMITTED_NOTEBOOKS, ids=lambda p: p.name)
@@ -159,7 +160,67 @@ def evaluate_case(tmp_path, request):
     return params, expected, check
 
 
-CI_CASES = {"1.0-dl-train-cnn.ipynb": train_case, "2.0-dl-evaluate-model.ipynb": evaluate_case}
+@pytest.fixture(scope="module")
+def feedback_db(tmp_path_factory, tiny_model, drawings_sample) -> str:
+    """A SQLite feedback store answered by simulated visitors with the sample drawings."""
+    from digitlib.drawings import load_drawings
+    from digitlib.feedback import submit_drawings
+    from digitlib.store import FeedbackStore
+
+    folder = tmp_path_factory.mktemp("feedback")
+    url = f"sqlite:///{folder / 'feedback.db'}"
+    store = FeedbackStore(url, queue_file=folder / "queue.jsonl")
+    submit_drawings(store, load_model(tiny_model), load_drawings(drawings_sample)[:120])
+    store.dispose()
+    return url
+
+
+def analyse_case(tmp_path, request):
+    params = {"database_url": request.getfixturevalue("feedback_db"), "figures_dir": str(tmp_path / "f"), "name": "ci"}
+    figure_dir = tmp_path / "f" / "ci"
+    names = ("submissions", "confusion_matrix", "accuracy_per_version", "reliability", "misrecognised")
+    expected = [figure_dir / f"{n}.png" for n in names] + [figure_dir / "analysis.json"]
+
+    def check():
+        summary = json.loads((figure_dir / "analysis.json").read_text())
+        assert summary["n"] == 120 and 0 <= summary["said_correct"] <= 1
+        assert summary["database"] == params["database_url"]
+
+    return params, expected, check
+
+
+def retrain_case(tmp_path, request):
+    models = tmp_path / "models"
+    shutil.copytree(request.getfixturevalue("tiny_model"), models / "default")
+    params = {
+        "database_url": request.getfixturevalue("feedback_db"), "export_dir": str(tmp_path / "export"),
+        "drawings_file": str(request.getfixturevalue("drawings_sample")), "models_dir": str(models),
+        "figures_dir": str(tmp_path / "f"), "run_name": "ci", "mnist_subset": 1000, "mnist_test_size": 2000,
+        "epochs": 1, "oversample": 3, "augment": "none",
+    }  # fmt: skip
+    expected = [tmp_path / "f" / "ci" / n for n in ("comparison.png", "retrain.json")]
+    expected += [models / "ci" / n for n in ("model.pt", "registry.json")] + [tmp_path / "export" / "manifest.json"]
+
+    def check():
+        report = json.loads((tmp_path / "f" / "ci" / "retrain.json").read_text())
+        table = report["table"]
+        assert set(table["n"]) == {"mnist_test", "feedback_holdout", "drawings"} and table["n"]["mnist_test"] == 2000
+        decision = registry.decide(
+            {k: table["candidate"][k] for k in table["n"]}, {k: table["current"][k] for k in table["n"]}, 0.002
+        )
+        assert report["decision"]["promote"] == decision.promote == report["promoted"]
+        assert registry.read_pointer(models).current == ("ci" if decision.promote else "default")
+        assert not (config.MODELS_DIR / "ci").exists()
+
+    return params, expected, check
+
+
+CI_CASES = {
+    "1.0-dl-train-cnn.ipynb": train_case,
+    "2.0-dl-evaluate-model.ipynb": evaluate_case,
+    "3.0-dl-analyse-feedback.ipynb": analyse_case,
+    "4.0-dl-retrain-with-feedback.ipynb": retrain_case,
+}
 
 
 def test_every_notebook_has_ci_parameters():
