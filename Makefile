@@ -83,3 +83,29 @@ DASHBOARD_PORT ?= 8866
 
 dashboard: setup ## serve the drawing dashboard with Voila at http://localhost:8866 (preheated kernels, voila.json)
 	$(PY) -m voila dashboards/digits.ipynb --port=$(DASHBOARD_PORT) --no-browser --preheat_kernel=True
+
+# --- feedback loop: analyse, export, retrain, promote, roll back (README, "Feedback loop") ----
+.PHONY: analyse export-feedback retrain promote rollback models
+ANALYSE_NB := notebooks/3.0-dl-analyse-feedback.ipynb
+FEEDBACK_EXPORT ?= data/feedback-export
+RETRAIN_PARAMS ?=
+
+analyse: setup ## analyse the feedback at DATABASE_URL: reports/feedback-analysis.ipynb + .html, figures in reports/figures/feedback/
+	$(PAPERMILL) $(ANALYSE_NB) reports/feedback-analysis.ipynb
+	$(call to_html,reports/feedback-analysis.ipynb)
+
+export-feedback: setup ## write the feedback as a training set with its manifest into data/feedback-export/
+	$(PY) -m digitlib export-feedback $(FEEDBACK_EXPORT)
+
+retrain: setup ## fine-tune on MNIST + feedback, compare, promote by the rule: reports/retrain.ipynb + .html (RETRAIN_PARAMS="-p oversample 5")
+	$(PAPERMILL) notebooks/4.0-dl-retrain-with-feedback.ipynb reports/retrain.ipynb $(RETRAIN_PARAMS)
+	$(call to_html,reports/retrain.ipynb)
+
+promote: setup ## make a registered version current: make promote VERSION=feedback-20250101T000000Z [FORCE=1]
+	$(PY) -m digitlib promote $(VERSION)$(if $(FORCE), --force)
+
+rollback: setup ## go back to the model version promoted before the current one
+	$(PY) -m digitlib rollback
+
+models: setup ## list the model versions in models/ (* marks the current one)
+	$(PY) -m digitlib models
