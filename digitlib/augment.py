@@ -40,7 +40,8 @@ PRESETS = {
     # Kaggle-style MNIST augmentation (rotation 10, zoom 0.1, shift 0.1).
     "light": Augmentation(rotation=10, scale=0.1, translate=0.1),
     # Digits drawn on a canvas: wider warps, wobbly strokes, thinner and thicker ink.
-    "draw": Augmentation(rotation=12, scale=0.15, shear=12, translate=0.1, elastic=1.0, thickness=0.5, variants=0.3),
+    "draw": Augmentation(rotation=10, scale=0.1, shear=8, translate=0.1, elastic=0.6, thickness=0.3, variants=0.3),
+    "pen": Augmentation(rotation=10, scale=0.1, translate=0.1, thickness=0.3, variants=0.3),
 }
 
 
@@ -144,8 +145,10 @@ def add_variants(x: torch.Tensor, labels: torch.Tensor, p: float, generator=None
             height = (bottom - top).clamp_min(4)
             top_rows = x[idx, 0][torch.arange(len(idx), device=x.device), top.long().clamp(max=x.shape[-1] - 1)]
             start = torch.stack([top_rows.argmax(1).to(x.dtype), top], 1)
-            frac = 0.2 + torch.rand(len(idx), 2, generator=generator, device=x.device) * 0.25
-            end = torch.stack([start[:, 0] - frac[:, 0] * height, top + frac[:, 1] * height], 1)
+            # From a short flag to the long lead-in stroke some people start a one with.
+            across = 0.15 + torch.rand(len(idx), generator=generator, device=x.device) * 0.35
+            down = 0.15 + torch.rand(len(idx), generator=generator, device=x.device) * 0.55
+            end = torch.stack([start[:, 0] - across * height, top + down * height], 1)
         x[idx] = draw_segments(x[idx], start, end, width)
     return x
 
