@@ -68,23 +68,18 @@ def cmd_train(args: argparse.Namespace) -> dict:
     result = train(cfg, train_digits, val_digits)
     if rank != 0:  # under torchrun, the first process evaluates and saves
         return {}
-    extra = {"data_checksum": full.checksum(), "command": " ".join(["digitlib", *sys.argv[1:]]), "recipe": args.recipe}
-    if not args.no_test:
-        test = evaluate(result.as_loaded(), load_mnist("test", args.mnist_dir)).summary()
-        keep = ("accuracy", "n", "per_class_accuracy", "mean_confidence", "nll")
-        extra["metrics"] = {"test": {k: test[k] for k in keep}}
+    from digitlib import experiments
+
+    test = None if args.no_test else evaluate(result.as_loaded(), load_mnist("test", args.mnist_dir)).summary()
+    # The same record as the train notebook writes: metadata plus metrics.json beside the model.
+    metrics = experiments.training_metrics(result, test)
+    command = " ".join(["digitlib", *sys.argv[1:]])
+    extra = {"data_checksum": full.checksum(), "command": command, "recipe": args.recipe, "metrics": {"test": metrics}}
     out = Path(args.out) if args.out else config.MODELS_DIR / args.name
     save_training(result, out, extra)
-    last = result.history[-1]
-    return {
-        "model": str(out),
-        "epochs": len(result.history),
-        "val_accuracy": last.get("val_accuracy"),
-        "test_accuracy": extra.get("metrics", {}).get("test", {}).get("accuracy"),
-        "train_seconds": round(result.train_seconds, 1),
-        "images_per_second": round(result.images_per_second, 1),
-        "device": result.device,
-    }
+    experiments.write_metrics(out / experiments.METRICS_FILE, metrics)
+    keep = ("epochs", "val_accuracy", "test_accuracy", "train_seconds", "images_per_second", "device")
+    return {"model": str(out), **{k: metrics.get(k) for k in keep}}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
