@@ -66,9 +66,12 @@ TRAIN_PARAMS ?= -p epochs 3
 SWEEP ?= experiments/lr-arch.yaml
 to_html = $(VENV)/bin/jupyter nbconvert --log-level WARN --to html $(1)
 
-lab: setup ## JupyterLab with this project's .venv as its kernel ("Python (digitlab)")
+LAB_IP ?= 127.0.0.1
+LAB_PORT ?= 8888
+
+lab: setup ## JupyterLab with this project's .venv as its kernel ("Python (digitlab)"), token-protected
 	$(PY) -m ipykernel install --sys-prefix --name digitlab --display-name "Python (digitlab)"
-	$(VENV)/bin/jupyter lab --notebook-dir=.
+	$(VENV)/bin/jupyter lab --notebook-dir=. --ip=$(LAB_IP) --port=$(LAB_PORT) --no-browser
 
 reports: setup ## train + evaluate notebooks into reports/ with HTML: make reports RUN=quick TRAIN_PARAMS="-p epochs 3"
 	$(PAPERMILL) $(TRAIN_NB) reports/$(RUN)-train.ipynb -p run_name $(RUN) $(TRAIN_PARAMS)
@@ -80,9 +83,30 @@ sweep: setup ## run a sweep of notebook runs: make sweep SWEEP=experiments/lr-ar
 
 # --- dashboard -------------------------------------------------------------------------------
 DASHBOARD_PORT ?= 8866
+DASHBOARD_IP ?= 127.0.0.1
 
 dashboard: setup ## serve the drawing dashboard with Voila at http://localhost:8866 (preheated kernels, voila.json)
-	$(PY) -m voila dashboards/digits.ipynb --port=$(DASHBOARD_PORT) --no-browser --preheat_kernel=True
+	$(PY) -m voila dashboards/digits.ipynb --port=$(DASHBOARD_PORT) --no-browser --preheat_kernel=True --Voila.ip=$(DASHBOARD_IP)
+
+# --- deployment: docker-compose.yml runs these same commands (tests/test_deploy.py compares) ---
+.PHONY: db migrate trainer proxy
+DB_PORT ?= 5433
+GRANT_TO ?=
+CADDYFILE ?= Caddyfile
+RETRAIN_NB := notebooks/4.0-dl-retrain-with-feedback.ipynb
+
+db: ## a development PostgreSQL in data/postgres on port 5433, with the dashboard role (compose: db)
+	deploy/local-db.sh data/postgres $(DB_PORT)
+
+migrate: setup ## feedback schema to the newest revision at DATABASE_URL; GRANT_TO=role grants the dashboard role
+	$(PY) -m digitlib.migrations upgrade$(if $(GRANT_TO), --grant-to $(GRANT_TO))
+
+trainer: setup ## retrain on the feedback: the retrain notebook by papermill into reports/retrain.ipynb
+	$(PAPERMILL) $(RETRAIN_NB) reports/retrain.ipynb
+
+proxy: ## Caddy with HTTPS in front of dashboard and lab (local CA for localhost); needs caddy
+	@command -v caddy >/dev/null || { echo "caddy is not installed: see https://caddyserver.com/docs/install"; exit 1; }
+	caddy run --config $(CADDYFILE) --adapter caddyfile
 
 # --- feedback loop: analyse, export, retrain, promote, roll back (README, "Feedback loop") ----
 .PHONY: analyse export-feedback retrain promote rollback models
