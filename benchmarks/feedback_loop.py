@@ -1,0 +1,103 @@
+"""What the feedback loop is worth: feedback from some sites of the drawn digits, accuracy on the others.
+
+Visitors are simulated with the drawings of the feedback sites (each goes through the
+dashboard's predict path and is stored with its true label in a temporary SQLite store); the
+feedback is exported, the base model fine-tuned on MNIST plus the oversampled feedback, and
+base and candidate compared on the MNIST test set, the feedback held-out split and the sites
+whose drawings were never seen. Works in a temporary registry: models/ is left as it is.
+
+    .venv/bin/python benchmarks/feedback_loop.py [--base models/default] [--per-site 600] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from digitlib import config, feedback, registry
+from digitlib.dataset import load_mnist, train_val_split
+from digitlib.drawings import drawings_to_digits, load_drawings
+from digitlib.modeling.checkpoint import load_model
+from digitlib.modeling.train import save_training, train
+from digitlib.store import FeedbackStore
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default=str(config.DEFAULT_MODEL_DIR), help="model to start from")
+    parser.add_argument("--file", default=config.DRAWINGS_FILE.get(), help="drawings (JSON lines)")
+    parser.add_argument("--feedback-sites", default="app,ced,gmd", help="sites whose drawings become feedback")
+    parser.add_argument("--per-site", type=int, default=600, help="feedback drawings per site at most")
+    parser.add_argument("--mnist-subset", type=int, default=20000)
+    parser.add_argument("--oversample", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    return parser.parse_args()
+
+
+def fill_store(url: str, base, drawings, queue: Path) -> float:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the dashboard predicts one drawing at a time
+    store = FeedbackStore(url, queue_file=queue)
+    start = time.perf_counter()
+    feedback.submit_drawings(store, base, drawings)
+    store.dispose()
+    torch.set_num_threads(threads)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
+    sites = set(args.feedback_sites.split(","))
+    drawings = load_drawings(args.file)
+    visitors = [d for s in sorted(sites) for d in [d for d in drawings if d.source == s][: args.per_site]]
+    unseen = [d for d in drawings if d.source not in sites]
+    work = Path(tempfile.mkdtemp(prefix="feedback-loop-"))
+    models = work / "models"
+    shutil.copytree(args.base, models / "default")
+    base = load_model(models / "default")
+    url = f"sqlite:///{work / 'feedback.db'}"
+
+    fill_seconds = fill_store(url, base, visitors, work / "queue.jsonl")
+    manifest = feedback.export_training_set(work / "export", url)
+    export = feedback.load_export(work / "export")
+    mnist_train, _ = train_val_split(load_mnist("train"), 5000, seed=0)
+    mix = feedback.training_mix(mnist_train, export.train, args.mnist_subset, args.oversample)
+    cfg = feedback.fine_tune_config(base, epochs=args.epochs, lr=args.lr)
+    result = train(cfg, mix, None, progress=False)
+    candidate = load_model(save_training(result, models / "candidate"))
+
+    sets = {"mnist_test": load_mnist("test"), "feedback_holdout": export.holdout}
+    for site in sorted({d.source for d in unseen}):
+        sets[f"unseen {site}"] = drawings_to_digits([d for d in unseen if d.source == site])
+    sets["unseen sites (all)"] = drawings_to_digits(unseen)
+    table = feedback.compare_models({"before": base, "after": candidate}, sets)
+    decision = registry.decide(
+        {"mnist_test": table.loc["mnist_test", "after"], "feedback_holdout": table.loc["feedback_holdout", "after"]},
+        {"mnist_test": table.loc["mnist_test", "before"], "feedback_holdout": table.loc["feedback_holdout", "before"]},
+    )
+
+    print(f"base {base.version}; feedback: {len(visitors)} drawings from {sorted(sites)} "
+          f"({manifest['counts']['train']['n']} train, {manifest['counts']['holdout']['n']} held out), "
+          f"stored in {fill_seconds:.0f} s")  # fmt: skip
+    print(f"fine-tuning: {len(mix):,} images x {args.epochs} epochs in {result.train_seconds:.0f} s ({result.device})")
+    print(f"{'set':<22} {'n':>6} {'before':>8} {'after':>8}")
+    for name, row in table.iterrows():
+        print(f"{name:<22} {int(row['n']):>6} {row['before']:>8.2%} {row['after']:>8.2%}")
+    print(decision.reason)
+    shutil.rmtree(work)
+    if args.json:
+        figures = {name: {"n": int(r["n"]), "before": r["before"], "after": r["after"]} for name, r in table.iterrows()}
+        print(json.dumps({"base": base.version, "feedback_sites": sorted(sites), "sets": figures,
+                          "train_seconds": result.train_seconds, "decision": decision.to_dict()}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
