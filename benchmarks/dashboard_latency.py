@@ -16,11 +16,8 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +28,9 @@ import torch
 
 from digitlib import config
 from digitlib.dashboard import predict_strokes
+from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
 from digitlib.drawings import load_drawings
 from digitlib.modeling.checkpoint import load_model
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-NOTEBOOK = config.PROJ_ROOT / "dashboards" / "digits.ipynb"
 
 # Marks mouse-up and the first change of the probability bars after it, in page time.
 WATCH_PREDICTIONS = """() => {
@@ -73,24 +67,6 @@ def python_latency(model_dir: str | None, limit: int) -> dict:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port: int, env: dict) -> subprocess.Popen:
-    command = [sys.executable, "-m", "voila", str(NOTEBOOK), f"--port={port}", "--no-browser"]
-    return subprocess.Popen(
-        command,
-        cwd=config.PROJ_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
 def kernels(server: subprocess.Popen) -> list[psutil.Process]:
     return [p for p in psutil.Process(server.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
 
@@ -115,42 +91,36 @@ def browser_figures(model_dir: str | None, n_strokes: int, n_pages: int) -> dict
     env = {**os.environ, config.DATABASE_URL.name: f"sqlite:///{database}"}
     if model_dir:
         env[config.MODEL_DIR.name] = str(Path(model_dir).resolve())
-    port = free_port()
-    server = start_server(port, env)
     strokes = [s for d in load_drawings(config.DRAWINGS_FILE.get())[:n_strokes] for s in d.strokes[:1]]
     opens, latencies, rss = [], [], []
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            pages = []
-            for _ in range(n_pages):
-                wait_for_pool(server, idle=len(pages) + 1)
-                page = browser.new_page(viewport={"width": 1000, "height": 800})
-                start = time.perf_counter()
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.wait_for_function(CANVAS_READY, timeout=60_000, polling=20)
-                opens.append(time.perf_counter() - start)
-                pages.append(page)
-            page = pages[0]
-            page.evaluate(WATCH_PREDICTIONS)
-            box = page.locator(".digit-canvas").bounding_box()
-            for stroke in stroke_points(strokes, box):
-                page.locator(".digit-clear").click()
-                page.wait_for_function("() => document.querySelector('.digit-prediction').innerText.includes('Draw')")
-                time.sleep(0.2)  # let the cleared bars arrive before the next measured mouse-up
-                page.mouse.move(*stroke[0])
-                page.mouse.down()
-                for point in stroke[1:]:
-                    page.mouse.move(*point)
-                page.mouse.up()
-                page.wait_for_function("() => window.__shown > 0", timeout=10_000, polling="raf")
-                latencies.append(page.evaluate("() => window.__shown - window.__up"))
-            time.sleep(1)
-            rss = [k.memory_info().rss / 2**20 for k in kernels(server)]
-            browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
+    with running_voila(env) as (port, server), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pages = []
+        for _ in range(n_pages):
+            wait_for_pool(server, idle=len(pages) + 1)
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            start = time.perf_counter()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function(CANVAS_READY, timeout=60_000, polling=20)
+            opens.append(time.perf_counter() - start)
+            pages.append(page)
+        page = pages[0]
+        page.evaluate(WATCH_PREDICTIONS)
+        box = page.locator(".digit-canvas").bounding_box()
+        for stroke in stroke_points(strokes, box):
+            page.locator(".digit-clear").click()
+            page.wait_for_function("() => document.querySelector('.digit-prediction').innerText.includes('Draw')")
+            time.sleep(0.2)  # let the cleared bars arrive before the next measured mouse-up
+            page.mouse.move(*stroke[0])
+            page.mouse.down()
+            for point in stroke[1:]:
+                page.mouse.move(*point)
+            page.mouse.up()
+            page.wait_for_function("() => window.__shown > 0", timeout=10_000, polling="raf")
+            latencies.append(page.evaluate("() => window.__shown - window.__up"))
+        time.sleep(1)
+        rss = [k.memory_info().rss / 2**20 for k in kernels(server)]
+        browser.close()
     per_session = max(rss) if rss else float("nan")
     available = psutil.virtual_memory().available / 2**20
     return {

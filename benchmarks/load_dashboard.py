@@ -16,10 +16,7 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,11 +25,9 @@ import numpy as np
 import psutil
 
 from digitlib import config
+from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
 from digitlib.store import FeedbackStore
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-NOTEBOOK = config.PROJ_ROOT / "dashboards" / "digits.ipynb"
 A_SEVEN = [(60, 50), (220, 50), (120, 240)]
 PAGE_TIMEOUT_MS = 180_000
 STEP_TIMEOUT_MS = 30_000
@@ -40,47 +35,6 @@ CANVAS_READY = """() => { const c = document.querySelector('canvas.digit-canvas'
   return c && c.getContext('2d').getImageData(2, 2, 1, 1).data[3] === 255; }"""
 TEXT_MATCHES = """([sel, pat]) => { const e = document.querySelector(sel);
   return e && new RegExp(pat).test(e.innerText.trim()); }"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_voila(port: int, env: dict) -> subprocess.Popen:
-    command = [sys.executable, "-m", "voila", str(NOTEBOOK), f"--port={port}", "--no-browser"]
-    return subprocess.Popen(
-        command,
-        cwd=config.PROJ_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def wait_until_listening(port: int, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"voila exited with code {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"voila did not listen on port {port}")
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def kernel_memory(server: subprocess.Popen) -> tuple[int, float, float]:
@@ -194,13 +148,8 @@ def main() -> None:
     env = {**os.environ, config.DATABASE_URL.name: database_url}
     if args.model:
         env[config.MODEL_DIR.name] = args.model
-    port = free_port()
-    server = start_voila(port, env)
-    try:
-        wait_until_listening(port, server)
+    with running_voila(env) as (port, server):
         levels = asyncio.run(run(args, f"http://127.0.0.1:{port}/", server))
-    finally:
-        stop_group(server)
     store = FeedbackStore(database_url)
     summary = {
         "levels": levels,

@@ -6,83 +6,20 @@ database. The server runs in its own process group, killed whole (kernels includ
 
 from __future__ import annotations
 
-import http.client
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from tiny_model import tiny_model_dir
 
 from digitlib import config
+from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
 from digitlib.store import FeedbackStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-NOTEBOOK = config.PROJ_ROOT / "dashboards" / "digits.ipynb"
 SERVER_START_S = 90
 A_SEVEN = [(60, 50), (220, 50), (120, 240)]  # canvas pixels
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_serving(port: int, process: subprocess.Popen, timeout: float) -> None:
-    """Poll until the server answers HTTP at all (not the page itself: that would take a kernel)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"voila exited with code {process.returncode} before serving on port {port}")
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            connection.request("HEAD", "/api")
-            connection.getresponse()
-            return
-        except OSError:
-            time.sleep(0.3)
-        finally:
-            connection.close()
-    pytest.fail(f"voila did not answer on port {port} within {timeout} s")
-
-
-def start_voila(port: int, env: dict) -> subprocess.Popen:
-    """Voilà as the Makefile serves it (voila.json: preheated kernels), in a process group of its own."""
-    command = [sys.executable, "-m", "voila", str(NOTEBOOK), f"--port={port}", "--no-browser", "--pool_size=1"]
-    return subprocess.Popen(
-        command,
-        cwd=config.PROJ_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,  # a full pipe would block the server
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +28,8 @@ def server(tmp_path_factory):
     model = tiny_model_dir(tmp_path_factory)
     database = tmp_path_factory.mktemp("browser-db") / "feedback.db"
     env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: f"sqlite:///{database}"}
-    port = free_port()
-    process = start_voila(port, env)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(port, process, SERVER_START_S)
-        yield url, env[config.DATABASE_URL.name]
-    finally:
-        stop_group(process)
+    with running_voila(env, timeout=SERVER_START_S, extra_args=["--pool_size=1"]) as (port, _):
+        yield f"http://127.0.0.1:{port}/", env[config.DATABASE_URL.name]
 
 
 @pytest.fixture(scope="module")

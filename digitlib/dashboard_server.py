@@ -1,0 +1,92 @@
+"""Start and stop the Voilà dashboard server as a subprocess.
+
+Tests and benchmarks start the real server the way `make dashboard` does (voila.json:
+preheated kernels), in a process group of its own so that stopping it takes the kernels too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from digitlib import config
+
+NOTEBOOK = config.PROJ_ROOT / "dashboards" / "digits.ipynb"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_voila(port: int, env: dict, notebook: Path = NOTEBOOK, extra_args: Sequence[str] = ()) -> subprocess.Popen:
+    """Voilà serving `notebook` on `port`, in a process group of its own."""
+    command = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--no-browser", *extra_args]
+    return subprocess.Popen(
+        command,
+        cwd=config.PROJ_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,  # a full pipe would block the server
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def wait_until_listening(port: int, process: subprocess.Popen, timeout: float = 90) -> None:
+    """Poll until the server accepts connections; fail early if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"voila exited with code {process.returncode} before listening on port {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"voila did not listen on port {port} within {timeout} s")
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the server's whole process group (kernels included), SIGKILL if it lingers."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def running_voila(
+    env: dict, timeout: float = 90, notebook: Path = NOTEBOOK, extra_args: Sequence[str] = ()
+) -> Iterator[tuple[int, subprocess.Popen]]:
+    """(port, process) of a listening Voilà server; the group is stopped on exit, whatever happens."""
+    port = free_port()
+    process = start_voila(port, env, notebook, extra_args)
+    try:
+        wait_until_listening(port, process, timeout)
+        yield port, process
+    finally:
+        stop_group(process)
