@@ -28,7 +28,7 @@ chromium: ## install Debian's Chromium for the browser tests (Playwright drives 
 	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
 test: setup chromium ## set up, then run every test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 test-fast: setup ## the tests that train nothing and start no server
 	$(PY) -m pytest -q -m "not slow"

@@ -50,7 +50,8 @@ def make_command(target: str, **variables: str) -> list[str]:
     """The last command `make TARGET` would run (dry run; setup is taken as done)."""
     overrides = [f"{k}={v}" for k, v in variables.items()]
     done = subprocess.run(
-        ["make", "-n", "-o", "setup", "-o", ".venv/.installed", target, *overrides],
+        # --no-print-directory: under `make test` the nested make would add "Leaving directory" lines.
+        ["make", "--no-print-directory", "-n", "-o", "setup", "-o", ".venv/.installed", target, *overrides],
         cwd=ROOT,
         capture_output=True,
         text=True,

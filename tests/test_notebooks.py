@@ -92,7 +92,11 @@ def test_default_model_target_passes_only_parameters_the_train_notebook_takes():
     if not shutil.which("make"):
         pytest.skip("make is not installed")
     dry_run = subprocess.run(
-        ["make", "-n", "default-model"], cwd=config.PROJ_ROOT, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "default-model"],
+        cwd=config.PROJ_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     command = next(line for line in dry_run.splitlines() if "papermill" in line and "default-train" in line)
     passed = dict(re.findall(r"-p (\S+) (\S+)", command))
