@@ -128,9 +128,20 @@ def version_record(name: str, models_dir: str | Path | None = None) -> dict:
         raise RegistryError(f"no model version {name!r} in {directory.parent} (no {WEIGHTS_FILE})")
     record_path = directory / RECORD_FILE
     if record_path.is_file():
-        return json.loads(record_path.read_text())
-    meta = json.loads((directory / METADATA_FILE).read_text()) if (directory / METADATA_FILE).is_file() else {}
+        return _read_json(record_path, "version record")
+    meta_path = directory / METADATA_FILE
+    meta = _read_json(meta_path, "model metadata") if meta_path.is_file() else {}
     return {"name": name, "version": meta.get("version", "unknown"), "parent": None, "metrics": meta.get("metrics", {})}
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RegistryError(f"{path}: unreadable {what} ({e}); restore or delete it") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"{path}: unreadable {what} (not a JSON object); restore or delete it")
+    return data
 
 
 def register(

@@ -192,3 +192,14 @@ def test_live_model_keeps_serving_when_the_pointer_breaks(models):
     before = live.get()
     registry.pointer_path(models).write_text("{broken")
     assert live.get() is before
+
+
+def test_corrupt_version_record_is_a_clear_error(tmp_path):
+    from digitlib.modeling.checkpoint import save_model
+    from digitlib.modeling.models import build_model
+    from digitlib.registry import RegistryError, version_record
+
+    save_model(build_model("seed"), tmp_path / "v1", {"arch": "seed", "arch_params": {}})
+    (tmp_path / "v1" / "registry.json").write_text("{not json")
+    with pytest.raises(RegistryError, match=r"registry.json: unreadable version record"):
+        version_record("v1", tmp_path)
