@@ -7,7 +7,7 @@ dilation or erosion for ink thickness, so it runs on the training device at any 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -46,17 +46,36 @@ PRESETS = {
 
 
 def get_augmentation(spec: str | dict | Augmentation | None) -> Augmentation:
-    """A preset name, a dict of fields, or an Augmentation."""
+    """A preset name, a dict of fields, an Augmentation, or a string such as
+    "pen,elastic=1.0" or "rotation=15,thickness=0.5" (a preset, then fields changed; the
+    form the CLI's --augment and the notebooks' `augment` parameter take)."""
     if spec is None:
         return PRESETS["none"]
     if isinstance(spec, Augmentation):
         return spec
     if isinstance(spec, dict):
-        return Augmentation(**spec)
-    try:
-        return PRESETS[spec]
-    except KeyError:
-        raise ValueError(f"unknown augmentation {spec!r}; choose from {sorted(PRESETS)}") from None
+        return _with_fields(PRESETS["none"], spec)
+    base, changes = PRESETS["none"], {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if "=" not in part:
+            if part not in PRESETS:
+                raise ValueError(f"unknown augmentation {part!r}; choose from {sorted(PRESETS)}")
+            base = PRESETS[part]
+            continue
+        name, value = (x.strip() for x in part.split("=", 1))
+        try:
+            changes[name] = float(value)
+        except ValueError:
+            raise ValueError(f"augmentation {name}: {value!r} is not a number") from None
+    return _with_fields(base, changes)
+
+
+def _with_fields(base: Augmentation, changes: dict) -> Augmentation:
+    known = {f.name for f in fields(Augmentation)}
+    unknown = set(changes) - known
+    if unknown:
+        raise ValueError(f"unknown augmentation field(s) {sorted(unknown)}; known: {sorted(known)}")
+    return replace(base, **changes)
 
 
 def _uniform(n: int, half_range: float, generator, device) -> torch.Tensor:

@@ -66,3 +66,12 @@ def test_variants_slash_zeros_and_flag_ones_only():
 def test_variants_need_labels():
     x = ring_image()
     assert torch.equal(augment_batch(x, Augmentation(variants=1.0)), x)
+
+
+def test_augmentation_from_a_string():
+    assert get_augmentation("pen,elastic=1.5") == Augmentation(**{**PRESETS["pen"].to_dict(), "elastic": 1.5})
+    assert get_augmentation("rotation=15, thickness=0.5") == Augmentation(rotation=15, thickness=0.5)
+    with pytest.raises(ValueError, match="unknown augmentation field"):
+        get_augmentation("wobble=2")
+    with pytest.raises(ValueError, match="not a number"):
+        get_augmentation("rotation=lots")

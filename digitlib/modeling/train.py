@@ -43,7 +43,7 @@ class TrainConfig:
     weight_decay: float = _help("decoupled weight decay (AdamW) or L2 (SGD)", default=5e-4)
     schedule: str = _help("onecycle, cosine, step (x0.7 per epoch) or constant", default="onecycle")
     label_smoothing: float = _help("cross-entropy label smoothing", default=0.1)
-    augment: str = _help("augmentation preset: none, light, pen or draw", default="pen")
+    augment: str = _help("augmentation preset (none, light, pen, draw), fields: pen,elastic=1", default="pen")
     seed: int = _help("seed for weights, data order and augmentation", default=0)
     val_size: int = _help("validation images held out of the training set", default=5000)
     train_subset: int | None = _help("use only the first N training images", default=None)
