@@ -27,8 +27,8 @@ from sqlalchemy.engine import URL, make_url
 
 from digitlib import config
 from digitlib.dataset import DataError, Digits
-from digitlib.modeling.checkpoint import LoadedModel
-from digitlib.modeling.predict import evaluate
+from digitlib.modeling.checkpoint import LoadedModel, file_sha256
+from digitlib.modeling.predict import confusion_counts, evaluate
 from digitlib.modeling.train import TrainConfig
 from digitlib.preprocess import DEFAULT_BRUSH, DrawingError, strokes_to_input
 from digitlib.store import FeedbackStore, png_to_image, prediction_logs
@@ -127,8 +127,7 @@ def accuracy_per_version(frame: pd.DataFrame) -> pd.DataFrame:
 
 def user_confusion(frame: pd.DataFrame) -> np.ndarray:
     """10x10 counts: rows the label visitors gave, columns what the model predicted."""
-    flat = frame["true_label"].to_numpy(dtype=np.int64) * 10 + frame["predicted"].to_numpy(dtype=np.int64)
-    return np.bincount(flat, minlength=100).reshape(10, 10)
+    return confusion_counts(frame["true_label"].to_numpy(np.int64), frame["predicted"].to_numpy(np.int64)).numpy()
 
 
 def submissions_figure(frame: pd.DataFrame, freq: str = "D") -> Figure:
@@ -209,7 +208,7 @@ def _write_split(path: Path, frame: pd.DataFrame, images: list[torch.Tensor]) ->
     stacked = torch.stack(images).numpy() if images else np.zeros((0, 28, 28), np.uint8)
     ids = frame["submission_id"].to_numpy(dtype=str)
     np.savez_compressed(path, images=stacked, labels=frame["true_label"].to_numpy(np.int64), submission_ids=ids)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 def _label_counts(frame: pd.DataFrame) -> dict[str, int]:
@@ -278,7 +277,7 @@ def load_export(directory: str | Path) -> FeedbackExport:
     splits = {}
     for split, name in SPLIT_FILES.items():
         path = directory / name
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != manifest["sha256"][split]:
+        if not path.is_file() or file_sha256(path) != manifest["sha256"][split]:
             raise FeedbackDataError(f"{path}: missing or altered since export (checksum differs from {manifest_path})")
         with np.load(path, allow_pickle=False) as data:
             splits[split] = Digits(torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]))

@@ -10,6 +10,12 @@ from digitlib.dataset import Digits
 from digitlib.modeling.checkpoint import LoadedModel
 
 
+def confusion_counts(labels, predictions) -> torch.Tensor:
+    """10x10 counts of (true label, prediction) pairs: rows are labels, columns predictions."""
+    flat = torch.as_tensor(labels, dtype=torch.long) * 10 + torch.as_tensor(predictions, dtype=torch.long)
+    return torch.bincount(flat, minlength=100).reshape(10, 10)
+
+
 @dataclass
 class Evaluation:
     """Predictions of a model on a set of digits, with the figures derived from them."""
@@ -39,8 +45,7 @@ class Evaluation:
 
     def confusion_matrix(self) -> torch.Tensor:
         """Counts: rows are true labels, columns predictions."""
-        flat = self.labels * 10 + self.predictions
-        return torch.bincount(flat, minlength=100).reshape(10, 10)
+        return confusion_counts(self.labels, self.predictions)
 
     def per_class_accuracy(self) -> list[float | None]:
         cm = self.confusion_matrix()
