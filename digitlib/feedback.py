@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import URL, make_url
 
@@ -128,45 +126,6 @@ def accuracy_per_version(frame: pd.DataFrame) -> pd.DataFrame:
 def user_confusion(frame: pd.DataFrame) -> np.ndarray:
     """10x10 counts: rows the label visitors gave, columns what the model predicted."""
     return confusion_counts(frame["true_label"].to_numpy(np.int64), frame["predicted"].to_numpy(np.int64)).numpy()
-
-
-def submissions_figure(frame: pd.DataFrame, freq: str = "D") -> Figure:
-    """Answers per period (bars) and the share of them saying the model was right (line)."""
-    per_period = frame.set_index("created_at").resample(freq)["correct"].agg(["size", "mean"])
-    times = per_period.index.tz_localize(None)  # matplotlib's date axis counts in days
-    spacing = (times[1] - times[0]) if len(times) > 1 else pd.Timedelta(hours=1)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.bar(times, per_period["size"], width=0.8 * spacing / pd.Timedelta(days=1), color="tab:blue")
-    ax.set(ylabel="answers", title="Feedback over time")
-    right = ax.twinx()
-    right.plot(times, per_period["mean"], "o-", color="tab:green")
-    right.set(ylim=(0, 1.05), ylabel="share said correct")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    return fig
-
-
-def version_accuracy_figure(table: pd.DataFrame) -> Figure:
-    """Share of answers saying the model was right, per model version (from `accuracy_per_version`)."""
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(table)), 3.5))
-    bars = ax.bar(range(len(table)), table["accuracy"], color="tab:green")
-    ax.bar_label(bars, labels=[f"{a:.0%}\nn={n}" for a, n in zip(table["accuracy"], table["n"], strict=True)])
-    ax.set_xticks(range(len(table)), [str(v)[-24:] for v in table.index], rotation=20, ha="right", fontsize=8)
-    ax.set(ylim=(0, 1.2), ylabel="said correct", title="Accuracy per model version (visitors' answers)")
-    fig.tight_layout()
-    return fig
-
-
-def misrecognised_gallery(frame: pd.DataFrame, limit: int = 30) -> Figure:
-    """Drawings the model got wrong, most confident first, as the model saw them."""
-    from digitlib.plots import digit_grid
-
-    wrong = frame[~frame["correct"]].sort_values("confidence", ascending=False).head(limit)
-    images = torch.from_numpy(np.stack(wrong["image"].to_list())) if len(wrong) else torch.empty(0, 28, 28)
-    captions = [f"pred {p} ({c:.0%})\ntrue {t}" for p, c, t in zip(wrong["predicted"], wrong["confidence"],
-                                                                    wrong["true_label"], strict=True)]  # fmt: skip
-    title = f"{len(wrong)} most confident of {int((~frame['correct']).sum())} misrecognised drawings"
-    return digit_grid(images, captions, title=title)
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -326,21 +285,6 @@ def compare_models(models: dict[str, LoadedModel], sets: dict[str, Digits]) -> p
     for set_name, digits in sets.items():
         rows[set_name] = {"n": len(digits), **{m: evaluate(model, digits).accuracy for m, model in models.items()}}
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def comparison_figure(table: pd.DataFrame, title: str = "Candidate and current model") -> Figure:
-    """Grouped bars: accuracy per evaluation set, one bar per model."""
-    models = [c for c in table.columns if c != "n"]
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    width = 0.8 / len(models)
-    for i, model in enumerate(models):
-        bars = ax.bar(np.arange(len(table)) + i * width, table[model], width, label=model)
-        ax.bar_label(bars, labels=[f"{a:.1%}" for a in table[model]], fontsize=8)
-    ax.set_xticks(np.arange(len(table)) + width * (len(models) - 1) / 2, [f"{s}\nn={n}" for s, n in table["n"].items()])
-    ax.set(ylim=(0, 1.15), ylabel="accuracy", title=title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    return fig
 
 
 # --- simulated visitors (tests, benchmarks, demonstrations) -------------------------------------

@@ -1,4 +1,4 @@
-"""Every figure of the project: digits, training curves, evaluation and sweep comparisons.
+"""Every figure of the project: digits, training curves, evaluation, sweeps and feedback.
 
 Each function returns a matplotlib Figure and draws nothing else, so notebooks show it inline
 and `save_figure` writes it under reports/figures/. Figures are made with pyplot so that
@@ -216,5 +216,60 @@ def sweep_comparison(table: pd.DataFrame, metric: str = "val_accuracy") -> Figur
     for x, good in enumerate(ok):
         if not good:
             ax.text(x, low + (1 - low) * 0.05, "failed", ha="center", color="tab:red", fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
+# --- feedback: what visitors said, and retraining with it ---------------------------------------
+
+
+def submissions_figure(frame: pd.DataFrame, freq: str = "D") -> Figure:
+    """Answers per period (bars) and the share of them saying the model was right (line)."""
+    per_period = frame.set_index("created_at").resample(freq)["correct"].agg(["size", "mean"])
+    times = per_period.index.tz_localize(None)  # matplotlib's date axis counts in days
+    spacing = (times[1] - times[0]) if len(times) > 1 else pd.Timedelta(hours=1)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(times, per_period["size"], width=0.8 * spacing / pd.Timedelta(days=1), color="tab:blue")
+    ax.set(ylabel="answers", title="Feedback over time")
+    right = ax.twinx()
+    right.plot(times, per_period["mean"], "o-", color="tab:green")
+    right.set(ylim=(0, 1.05), ylabel="share said correct")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def version_accuracy_figure(table: pd.DataFrame) -> Figure:
+    """Share of answers saying the model was right, per model version (from `accuracy_per_version`)."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(table)), 3.5))
+    bars = ax.bar(range(len(table)), table["accuracy"], color="tab:green")
+    ax.bar_label(bars, labels=[f"{a:.0%}\nn={n}" for a, n in zip(table["accuracy"], table["n"], strict=True)])
+    ax.set_xticks(range(len(table)), [str(v)[-24:] for v in table.index], rotation=20, ha="right", fontsize=8)
+    ax.set(ylim=(0, 1.2), ylabel="said correct", title="Accuracy per model version (visitors' answers)")
+    fig.tight_layout()
+    return fig
+
+
+def misrecognised_gallery(frame: pd.DataFrame, limit: int = 30) -> Figure:
+    """Drawings the model got wrong, most confident first, as the model saw them."""
+    wrong = frame[~frame["correct"]].sort_values("confidence", ascending=False).head(limit)
+    images = torch.from_numpy(np.stack(wrong["image"].to_list())) if len(wrong) else torch.empty(0, 28, 28)
+    captions = [f"pred {p} ({c:.0%})\ntrue {t}" for p, c, t in zip(wrong["predicted"], wrong["confidence"],
+                                                                    wrong["true_label"], strict=True)]  # fmt: skip
+    title = f"{len(wrong)} most confident of {int((~frame['correct']).sum())} misrecognised drawings"
+    return digit_grid(images, captions, title=title)
+
+
+def comparison_figure(table: pd.DataFrame, title: str = "Candidate and current model") -> Figure:
+    """Grouped bars: accuracy per evaluation set, one bar per model."""
+    models = [c for c in table.columns if c != "n"]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        bars = ax.bar(np.arange(len(table)) + i * width, table[model], width, label=model)
+        ax.bar_label(bars, labels=[f"{a:.1%}" for a in table[model]], fontsize=8)
+    ax.set_xticks(np.arange(len(table)) + width * (len(models) - 1) / 2, [f"{s}\nn={n}" for s, n in table["n"].items()])
+    ax.set(ylim=(0, 1.15), ylabel="accuracy", title=title)
+    ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
