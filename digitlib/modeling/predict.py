@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from digitlib.dataset import Digits
 from digitlib.modeling.checkpoint import LoadedModel
 
 
+def _as_long(values) -> torch.Tensor:
+    # np.array copies: pandas hands out read-only arrays, which torch would warn about sharing.
+    return values.long() if isinstance(values, torch.Tensor) else torch.from_numpy(np.array(values, dtype=np.int64))
+
+
 def confusion_counts(labels, predictions) -> torch.Tensor:
     """10x10 counts of (true label, prediction) pairs: rows are labels, columns predictions."""
-    flat = torch.as_tensor(labels, dtype=torch.long) * 10 + torch.as_tensor(predictions, dtype=torch.long)
+    flat = _as_long(labels) * 10 + _as_long(predictions)
     return torch.bincount(flat, minlength=100).reshape(10, 10)
 
 
