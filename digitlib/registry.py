@@ -161,6 +161,7 @@ def register(
     record = {
         "name": name,
         "version": meta["version"],
+        "weights_sha256": meta.get("weights_sha256"),  # the comparison holds for these weights only
         "parent": parent,
         "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "metrics": metrics,
@@ -250,6 +251,7 @@ def promote(name: str, models_dir: str | Path | None = None, force: bool = False
             raise RegistryError(f"{name!r} is already the current version")
         if not force:
             _check_comparison(name, record, pointer.current)
+            _check_unchanged_since_registered(name, record, root / name)
         new = Pointer(name, (*pointer.history, name), datetime.now(UTC).isoformat(timespec="seconds"))
         _write_pointer(new, root)
         return new
@@ -267,6 +269,15 @@ def _check_comparison(name: str, record: dict, current: str) -> None:
         )
     if not decision.get("promote"):
         raise RegistryError(f"{name!r} did not pass the promotion rule: {decision.get('reason')}; --force overrides")
+
+
+def _check_unchanged_since_registered(name: str, record: dict, directory: Path) -> None:
+    meta = _read_json(directory / METADATA_FILE, "model metadata")
+    if record.get("weights_sha256") != meta.get("weights_sha256"):
+        raise RegistryError(
+            f"{name!r} holds other weights than the ones compared when it was registered "
+            "(trained again since?): compare again, or use --force"
+        )
 
 
 def rollback(models_dir: str | Path | None = None) -> Pointer:

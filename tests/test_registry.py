@@ -128,6 +128,13 @@ def test_promote_refuses_a_candidate_the_rule_did_not_pass(models, comparison, m
     assert registry.promote("cand", models, force=True).current == "cand"
 
 
+def test_promote_refuses_weights_that_changed_after_the_comparison(models):
+    make_version(models, "cand", seed=2)  # trained again into the same directory, not compared
+    with pytest.raises(RegistryError, match="other weights than the ones compared"):
+        registry.promote("cand")
+    assert registry.promote("cand", force=True).current == "cand"
+
+
 def test_promote_refuses_unknown_and_current_versions(models):
     with pytest.raises(RegistryError, match="no model version 'ghost'"):
         registry.promote("ghost", models)
