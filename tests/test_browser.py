@@ -103,3 +103,43 @@ def test_draw_predict_label_and_store(server, browser):
     assert row["image"].startswith(b"\x89PNG")
     store.dispose()
     page.close()
+
+
+def test_a_browser_cannot_run_code_in_the_dashboard_kernel(server, browser, tmp_path):
+    """A hostile page script sends execute_request over the kernel's websocket: Voilà drops it.
+
+    A comm_info_request sent on the same socket is answered, so the socket works and only
+    code execution is refused.
+    """
+    url, _ = server
+    marker = tmp_path / "ran"
+    page = browser.new_page()
+    page.goto(url)
+    page.locator(".digit-canvas").wait_for(state="visible", timeout=60_000)
+    replies = page.evaluate(
+        """async (code) => {
+          const kernel = JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId;
+          const ws = new WebSocket(`ws://${location.host}/api/kernels/${kernel}/channels?session_id=attacker`);
+          const seen = [];
+          ws.onmessage = (event) => seen.push(JSON.parse(event.data).header.msg_type);
+          await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+          const send = (type, content) => ws.send(JSON.stringify({
+            header: {msg_id: type + Math.random(), username: 'x', session: 'attacker', msg_type: type,
+                     version: '5.3', date: new Date().toISOString()},
+            parent_header: {}, metadata: {}, content: content, channel: 'shell', buffers: []}));
+          send('execute_request', {code: code, silent: false, store_history: false, user_expressions: {},
+                                   allow_stdin: false, stop_on_error: true});
+          send('comm_info_request', {});
+          for (let i = 0; i < 100 && !seen.includes('comm_info_reply'); i++) {
+            await new Promise((r) => setTimeout(r, 100));
+          }
+          await new Promise((r) => setTimeout(r, 1000));  // time for an execute_reply, were it coming
+          ws.close();
+          return seen;
+        }""",
+        f"import pathlib; pathlib.Path({str(marker)!r}).write_text('ran')",
+    )
+    page.close()
+    assert "comm_info_reply" in replies, replies
+    assert "execute_reply" not in replies and "execute_input" not in replies, replies
+    assert not marker.exists()
