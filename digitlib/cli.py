@@ -20,8 +20,11 @@ log = logging.getLogger("digitlib")
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    from digitlib.modeling.train import TrainConfig
+    from digitlib.modeling.train import RECIPES, TrainConfig
 
+    parser.add_argument(
+        "--recipe", default="default", choices=list(RECIPES), help="named recipe to start from (sprint, fast-gpu: GPUs)"
+    )
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         kind = hints[f.name]
@@ -176,7 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", default="run", help="model directory name under models/ (default: run)")
     train.add_argument("--out", help="model directory (overrides --name)")
     train.add_argument("--mnist-dir", help="folder with the MNIST files (default: MNIST_DIR, data/mnist)")
-    train.add_argument("--recipe", default="default", help="named recipe to start from: default, fast or seed")
     train.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
     train.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     _add_train_options(train)

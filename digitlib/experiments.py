@@ -66,6 +66,7 @@ def training_metrics(result, test_summary: dict | None = None) -> dict:
         "train_seconds": round(result.train_seconds, 2),
         "images_per_second": round(result.images_per_second, 1),
         "device": result.device,
+        "precision": result.precision,
         "config": result.config.to_dict(),
     }
     if test_summary:

@@ -7,6 +7,7 @@ import torch
 
 from digitlib.dataset import train_val_split
 from digitlib.modeling.checkpoint import load_model
+from digitlib.modeling.models import build_model
 from digitlib.modeling.predict import evaluate
 from digitlib.modeling.train import TrainConfig, pick_device, save_training, train
 
@@ -55,11 +56,31 @@ def test_all_schedules_and_optimizers_run(mnist_train):
         assert len(result.history) == 1
 
 
+def test_the_gpu_bf16_autocast_path_learns_on_cpu(mnist_train, mnist_test):
+    # precision="bf16" is what "auto" picks on CUDA: the same autocast code, run here.
+    result = train(small_config(train_subset=2000, precision="bf16", batch_size=64), mnist_train, progress=False)
+    assert result.precision == "bf16"
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())  # autocast leaves weights in fp32
+    assert evaluate(result.as_loaded(), mnist_test.head(1000)).accuracy > 0.85
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_it(mnist_train, monkeypatch):
+    from digitlib.modeling import train as training
+
+    digits = mnist_train.head(256)
+    for has_amx, expected in [(True, "bf16"), (False, "fp32")]:
+        monkeypatch.setattr(training, "cpu_multiplies_bf16", lambda has_amx=has_amx: has_amx)
+        assert train(small_config(train_subset=None), digits, progress=False).precision == expected
+    assert train(small_config(train_subset=None, precision="fp32"), digits, progress=False).precision == "fp32"
+
+
 def test_bad_options_are_refused(mnist_train):
     with pytest.raises(ValueError, match="schedule"):
         train(small_config(schedule="wavy"), mnist_train.head(100), progress=False)
     with pytest.raises(ValueError, match="epochs"):
         train(small_config(epochs=0), mnist_train.head(100), progress=False)
+    with pytest.raises(ValueError, match="precision"):
+        train(small_config(precision="fp8"), mnist_train.head(100), progress=False)
 
 
 def test_pick_device():
@@ -127,3 +148,15 @@ def test_recipes():
     assert RECIPES["seed"].epochs == 5  # overrides never change the recipe itself
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe("turbo")
+
+
+@pytest.mark.slow
+def test_compiled_training_learns_and_saves_plain_weights(mnist_train, tmp_path):
+    # torch.compile (inductor, C++ on CPU) is the GPU path's option; the same code runs here.
+    result = train(
+        small_config(train_subset=None, epochs=2, batch_size=256, compile=True), mnist_train.head(1024), progress=False
+    )
+    assert result.history[-1]["train_accuracy"] > 0.6
+    save_training(result, tmp_path / "compiled")
+    reloaded = load_model(tmp_path / "compiled").model.state_dict()
+    assert reloaded.keys() == build_model("vggbn").state_dict().keys()  # no torch.compile prefix
