@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 
 BENCHMARKS = {
     "train_speed": ["--json"],
+    "train_step_options": ["--json"],
     "drawn_digits": ["--json"],
     "dashboard_latency": ["--json"],
     "feedback_writes": ["--json"],
@@ -35,14 +36,28 @@ def figures_of(name: str, result: dict) -> list[tuple[str, object]]:
     if name == "train_speed":
         rows = []
         for run in result["runs"]:
-            label = f"{run['name']} recipe ({run['arch']}, {run['epochs']} epochs)"
+            epochs = f"{run['epochs']} epoch" + ("s" if run["epochs"] > 1 else "")
+            label = f"{run['name']} recipe ({run['arch']}, {epochs}, batch {run['batch_size']}, {run['precision']})"
             rows += [
                 (f"{label}: MNIST test accuracy", f"{run['test_accuracy']:.4f}"),
-                (f"{label}: training time", f"{run['train_seconds']:.0f} s"),
+                (f"{label}: training time", _seconds(run["train_seconds"])),
+                (f"{label}: time to 99% test accuracy", _seconds(run["seconds_to_99"])),
                 (f"{label}: time to 99.5% test accuracy", _seconds(run["seconds_to_99.5"])),
+                (f"{label}: epoch time", _seconds(run["epoch_seconds"])),
                 (f"{label}: images/s", f"{run['images_per_second']:.0f}"),
             ]
-        return rows + [("default/seed training images/s ratio (same run)", result["speed_ratio_images_per_second"])]
+        if "speed_ratio_images_per_second" in result:
+            rows.append(("default/seed training images/s ratio (same run)", result["speed_ratio_images_per_second"]))
+        return rows
+    if name == "train_step_options":
+        return [
+            (
+                f"vggbn training step, batch {result['batch_size']}, {r['memory_format']}, {r['threads']} thread(s),"
+                f" {r['precision']}: images/s",
+                r["images_per_second"],
+            )
+            for r in result["rows"]
+        ]
     if name == "drawn_digits":
         rows = [("pen digits accuracy, default model", f"{result['accuracy']:.4f} (n={result['n']})")]
         rows += [
@@ -74,7 +89,9 @@ def figures_of(name: str, result: dict) -> list[tuple[str, object]]:
 
 
 def _seconds(value) -> str:
-    return "not reached" if value is None else f"{value:.0f} s"
+    if value is None:
+        return "not reached"
+    return f"{value:.2f} s" if value < 10 else f"{value:.0f} s"  # GPU runs take under a second
 
 
 def run_benchmark(name: str) -> tuple[dict, str]:

@@ -1,0 +1,68 @@
+"""The training benchmark's arithmetic and its JSON, which run_all turns into reports/benchmarks.md."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from digitlib import config
+
+
+def load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, config.PROJ_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_speed = load_benchmark("train_speed")
+run_all = load_benchmark("run_all")
+
+
+def test_time_to_target_is_the_first_epoch_that_reaches_it():
+    curve = [(1.0, 0.98), (2.0, 0.991), (3.0, 0.989), (4.0, 0.996)]
+    assert train_speed.time_to(curve, 0.99) == 2.0
+    assert train_speed.time_to(curve, 0.995) == 4.0
+    assert train_speed.time_to(curve, 0.999) is None
+
+
+def test_median_over_repeats_counts_misses_as_slowest():
+    assert train_speed.median_or_none([0.4, 0.3, 0.5]) == 0.4
+    assert train_speed.median_or_none([0.4, None, 0.3]) == 0.4
+    assert train_speed.median_or_none([0.4, None, None]) is None
+
+
+@pytest.mark.slow
+def test_benchmark_json_becomes_report_rows():
+    command = [
+        sys.executable,
+        "benchmarks/train_speed.py",
+        "--recipes",
+        "seed",
+        "sprint",
+        "--repeats",
+        "2",
+        "--epochs-seed",
+        "1",
+    ]
+    done = subprocess.run(
+        [*command, "--train-subset", "2048", "--json"], cwd=config.PROJ_ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    sprint = next(r for r in report["runs"] if r["name"] == "sprint")
+    assert (sprint["batch_size"], sprint["repeats"], report["device"]) == (512, 2, "cpu")
+    assert 0.3 < sprint["test_accuracy"] < 0.99  # 2,048 images, one epoch: learning, not done
+    assert sprint["seconds_to_99"] is None and sprint["images_per_second"] > 0
+    rows = dict(run_all.figures_of("train_speed", report))
+    label = f"sprint recipe (vggbn, 1 epoch, batch 512, {sprint['precision']})"
+    assert rows[f"{label}: time to 99% test accuracy"] == "not reached"
+    assert "default/seed training images/s ratio (same run)" not in rows  # no default recipe in this run
+
+
+def test_every_recipe_is_benchmarked():
+    from digitlib.modeling.train import RECIPES
+
+    assert sorted(train_speed.IN_ORDER) == sorted(RECIPES)
