@@ -68,7 +68,7 @@ def main() -> None:
         print(f"{name:<14} {n_threads:>2} threads  {precision}  {speed:8.0f} images/s", flush=True)
     report = {
         "device": str(device),
-        "cpu_has_amx": cpu_multiplies_bf16(),
+        "cpu_has_bf16_instructions": cpu_multiplies_bf16(),
         "batch_size": args.batch_size,
         "rows": [{**r, "images_per_second": round(r["images_per_second"])} for r in rows],
     }

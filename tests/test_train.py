@@ -68,8 +68,8 @@ def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_it(mnist_train, mo
     from digitlib.modeling import train as training
 
     digits = mnist_train.head(256)
-    for has_amx, expected in [(True, "bf16"), (False, "fp32")]:
-        monkeypatch.setattr(training, "cpu_multiplies_bf16", lambda has_amx=has_amx: has_amx)
+    for has_bf16, expected in [(True, "bf16"), (False, "fp32")]:
+        monkeypatch.setattr(training, "cpu_multiplies_bf16", lambda has_bf16=has_bf16: has_bf16)
         assert train(small_config(train_subset=None), digits, progress=False).precision == expected
     assert train(small_config(train_subset=None, precision="fp32"), digits, progress=False).precision == "fp32"
 
