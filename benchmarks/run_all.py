@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(config.REPORTS_DIR / "benchmarks.md"))
     args = parser.parse_args()
 
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU" if not _has_gpu() else _gpu_name()
+    machine = f"{_cpu_name()}, {os.cpu_count()} CPUs, {_gpu_name() if _has_gpu() else 'no GPU'}"
     date = time.strftime("%Y-%m-%d")
     rows = []
     for name in args.only or BENCHMARKS:
@@ -143,7 +143,15 @@ def _has_gpu() -> bool:
 def _gpu_name() -> str:
     import torch
 
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.cuda.get_device_name()}"
+    return torch.cuda.get_device_name()
+
+
+def _cpu_name() -> str:
+    # Machines of one kind differ (Intel with AMX, AMD with AVX512-BF16): the model explains the figures.
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return f"{platform.machine()} {model or platform.processor()}".strip()
 
 
 if __name__ == "__main__":
