@@ -74,6 +74,21 @@ def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_it(mnist_train, mo
     assert train(small_config(train_subset=None, precision="fp32"), digits, progress=False).precision == "fp32"
 
 
+def test_auto_precision_on_a_gpu_is_bf16_only_from_ampere_on(monkeypatch):
+    from digitlib.modeling import train as training
+
+    asked = []
+    for native, expected in [(True, True), (False, False)]:  # A100/H100; T4/V100 only emulate bf16
+        monkeypatch.setattr(
+            torch.cuda,
+            "is_bf16_supported",
+            lambda including_emulation, n=native: asked.append(including_emulation) or n,
+        )
+        assert training._uses_bf16("auto", torch.device("cuda")) is expected
+    assert asked == [False, False]  # emulated bf16 does not count
+    assert training._uses_bf16("fp32", torch.device("cuda")) is False
+
+
 def test_bad_options_are_refused(mnist_train):
     with pytest.raises(ValueError, match="schedule"):
         train(small_config(schedule="wavy"), mnist_train.head(100), progress=False)

@@ -52,7 +52,7 @@ class TrainConfig:
     threads: int | None = _help("CPU threads (default: all cores)", default=None)
     init_from: str | None = _help("start from this model directory's weights (fine-tuning)", default=None)
     compile: bool = _help("torch.compile the model (worth it on a GPU for long runs)", default=False)
-    precision: str = _help("auto (bf16 on CUDA and on CPUs with bf16 instructions), bf16 or fp32", default="auto")
+    precision: str = _help("auto (bf16 on Ampere+ GPUs and CPUs with bf16 instructions), bf16 or fp32", default="auto")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,7 +161,7 @@ def _scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
 def cpu_multiplies_bf16() -> bool:
     """Whether this CPU has bf16 instructions: AMX tiles (Intel Xeon 4th generation on) or
     AVX512-BF16 (AMD Zen 4 on, Intel Cooper Lake). A training step is 1.7-2x faster in bf16 there
-    (benchmarks/train_step_options.py); elsewhere bf16 is emulated and slower than fp32."""
+    (benchmarks/train_step_options.py); without them bf16 is converted in software, so fp32 stays."""
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, so looked up with care
     return any(check() for check in (getattr(torch.cpu, name, None) for name in checks) if check)
 
@@ -172,7 +172,9 @@ def _uses_bf16(precision: str, device: torch.device) -> bool:
         raise ValueError(f"unknown precision {precision!r}: auto, bf16 or fp32")
     if precision != "auto":
         return precision == "bf16"
-    return device.type == "cuda" or (device.type == "cpu" and cpu_multiplies_bf16())
+    if device.type == "cuda":  # Ampere on; older GPUs (T4, V100) only emulate bf16
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and cpu_multiplies_bf16()
 
 
 def _to_model_input(images: torch.Tensor, aug: augment.Augmentation, generator, labels=None) -> torch.Tensor:
