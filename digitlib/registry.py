@@ -272,8 +272,10 @@ def _check_comparison(name: str, record: dict, current: str) -> None:
 
 
 def _check_unchanged_since_registered(name: str, record: dict, directory: Path) -> None:
+    if "weights_sha256" not in record:
+        return  # registered before hashes were kept: nothing to compare with
     meta = _read_json(directory / METADATA_FILE, "model metadata")
-    if record.get("weights_sha256") != meta.get("weights_sha256"):
+    if record["weights_sha256"] != meta.get("weights_sha256"):
         raise RegistryError(
             f"{name!r} holds other weights than the ones compared when it was registered "
             "(trained again since?): compare again, or use --force"

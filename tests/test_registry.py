@@ -135,6 +135,14 @@ def test_promote_refuses_weights_that_changed_after_the_comparison(models):
     assert registry.promote("cand", force=True).current == "cand"
 
 
+def test_a_version_registered_before_hashes_were_kept_can_be_promoted(models):
+    record_file = models / "cand" / registry.RECORD_FILE
+    record = json.loads(record_file.read_text())
+    del record["weights_sha256"]
+    record_file.write_text(json.dumps(record))
+    assert registry.promote("cand").current == "cand"
+
+
 def test_promote_refuses_unknown_and_current_versions(models):
     with pytest.raises(RegistryError, match="no model version 'ghost'"):
         registry.promote("ghost", models)
