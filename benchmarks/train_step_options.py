@@ -16,10 +16,9 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
 from digitlib.modeling.models import build_model
-from digitlib.modeling.train import cpu_multiplies_bf16, pick_device
+from digitlib.modeling.train import TrainConfig, build_optimizer, cpu_multiplies_bf16, pick_device, training_step
 
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
@@ -27,16 +26,12 @@ FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_
 def images_per_second(device, memory_format, bf16: bool, batch_size: int, steps: int) -> float:
     torch.manual_seed(0)
     model = build_model("vggbn").to(device).to(memory_format=memory_format)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = build_optimizer(TrainConfig(), model)  # the training loop's optimizer and step
     x = torch.randn(batch_size, 1, 28, 28, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (batch_size,), device=device)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        training_step(model, opt, x, y, bf16)
 
     for _ in range(5):  # warm-up: kernel choice, allocator
         step()

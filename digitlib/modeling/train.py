@@ -130,7 +130,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     # No weight decay on BatchNorm and biases (standard practice; they are not weights to shrink).
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -181,6 +181,19 @@ def _to_model_input(images: torch.Tensor, aug: augment.Augmentation, generator, 
     x = images.float().div_(255.0).unsqueeze(1)
     x = augment.augment_batch(x, aug, generator, labels)
     return x.sub_(MNIST_MEAN).div_(MNIST_STD).contiguous(memory_format=torch.channels_last)
+
+
+def training_step(
+    net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool, label_smoothing=0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step (forward in bf16 autocast if asked, loss in fp32); returns logits and loss."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = net(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return logits, loss
 
 
 @torch.inference_mode()
@@ -241,7 +254,7 @@ def train(
         val_digits = Digits(val_digits.images.to(device), val_digits.labels.to(device))
 
     model = _initial_model(cfg).to(device).to(memory_format=torch.channels_last)
-    opt = _optimizer(cfg, model)
+    opt = build_optimizer(cfg, model)
     per_rank = len(train_digits) // world
     steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
     sched = _scheduler(cfg, opt, steps_per_epoch)
@@ -254,7 +267,6 @@ def train(
     if cfg.compile:
         net = torch.compile(net)
     bf16 = _uses_bf16(cfg.precision, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     history: list[dict] = []
     train_seconds, images_seen, stopped = 0.0, 0, False
@@ -271,12 +283,7 @@ def train(
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             y = train_digits.labels[idx]
             x = _to_model_input(train_digits.images[idx], aug, aug_generator, y)
-            with autocast:
-                logits = net(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            logits, loss = training_step(net, opt, x, y, bf16, cfg.label_smoothing)
             if sched is not None:
                 sched.step()
             # Accumulate on the device: no host sync per step.
