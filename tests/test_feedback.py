@@ -172,10 +172,14 @@ def test_cli_export_feedback(filled, tmp_path, capsys):
 
 def test_an_altered_export_is_refused(filled, tmp_path):
     export_training_set(tmp_path / "e", filled)
-    with np.load(tmp_path / "e" / "train.npz") as data:
-        arrays = dict(data)
+    # submission ids are random, so either split may be empty; relabel one that has rows
+    for split in ("train", "holdout"):
+        with np.load(tmp_path / "e" / f"{split}.npz") as data:
+            arrays = dict(data)
+        if len(arrays["labels"]):
+            break
     arrays["labels"] = (arrays["labels"] + 1) % 10
-    np.savez_compressed(tmp_path / "e" / "train.npz", **arrays)
+    np.savez_compressed(tmp_path / "e" / f"{split}.npz", **arrays)
     with pytest.raises(FeedbackDataError, match="altered"):
         load_export(tmp_path / "e")
     with pytest.raises(FeedbackDataError, match="no manifest.json"):
