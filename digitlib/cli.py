@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else config.MODELS_DIR / args.name
     save_training(result, out, extra)
     experiments.write_metrics(out / experiments.METRICS_FILE, metrics)
-    keep = ("epochs", "val_accuracy", "test_accuracy", "train_seconds", "images_per_second", "device")
+    keep = ("epochs", "val_accuracy", "test_accuracy", "train_seconds", "images_per_second", "device", "precision")
     return {"model": str(out), **{k: metrics.get(k) for k in keep}}
 
 

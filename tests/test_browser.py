@@ -70,7 +70,7 @@ def wait_for_text(page, selector: str, pattern: str, timeout_ms: int = 15_000) -
 def test_draw_predict_label_and_store(server, browser):
     url, database_url = server
     page = browser.new_page(viewport={"width": 1000, "height": 800})
-    page.goto(url)
+    page.goto(url, timeout=120_000)  # Voilà holds the page until the preheated kernel has run the notebook
     canvas = page.locator(".digit-canvas")
     canvas.wait_for(state="visible", timeout=60_000)
     box = canvas.bounding_box()
@@ -114,7 +114,7 @@ def test_a_browser_cannot_run_code_in_the_dashboard_kernel(server, browser, tmp_
     url, _ = server
     marker = tmp_path / "ran"
     page = browser.new_page()
-    page.goto(url)
+    page.goto(url, timeout=120_000)  # Voilà holds the page until the preheated kernel has run the notebook
     page.locator(".digit-canvas").wait_for(state="visible", timeout=60_000)
     replies = page.evaluate(
         """async (code) => {

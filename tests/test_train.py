@@ -130,11 +130,13 @@ def test_cli_train_then_evaluate_json(tmp_path):
         "none",
         "--arch",
         "seed",
+        "--precision",
+        "fp32",
         "--json",
     )
     assert done.returncode == 0, done.stderr
     trained = json.loads(done.stdout.strip().splitlines()[-1])
-    assert trained["model"] == str(out) and 0.8 < trained["test_accuracy"] <= 1
+    assert trained["model"] == str(out) and 0.7 < trained["test_accuracy"] <= 1 and trained["precision"] == "fp32"
     done = run_cli("evaluate", "--json", "--model", str(out))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
