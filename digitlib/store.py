@@ -41,6 +41,7 @@ from sqlalchemy import (
     String,
     Table,
     create_engine,
+    event,
     func,
     insert,
     select,
@@ -215,9 +216,17 @@ def _engine_for(url: str) -> Engine:
     elif parsed.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
     try:
-        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except (ArgumentError, NoSuchModuleError, ImportError) as e:
         raise StoreConfigError(f"DATABASE_URL {parsed.render_as_string()}: {e}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        event.listen(engine, "connect", _write_ahead_log)
+    return engine
+
+
+def _write_ahead_log(dbapi_connection, _record) -> None:
+    # WAL: a notebook reading the file does not block the kernels writing to it, and commits are shorter.
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
 
 def _insert_ignoring_duplicates(engine: Engine):

@@ -8,6 +8,7 @@ be reached fails the tests; elsewhere they are skipped.
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 
 import numpy as np
@@ -211,3 +212,19 @@ def test_default_url_is_the_database_url_setting(monkeypatch, tmp_path):
     assert store.submit(make_feedback()).status == "saved"
     assert path.is_file()
     assert store.count() == 1
+
+
+def test_an_sqlite_file_is_written_through_a_write_ahead_log(tmp_path):
+    """A notebook reading feedback must not block the dashboard kernels writing it."""
+    path = tmp_path / "feedback.db"
+    store = FeedbackStore(f"sqlite:///{path}", queue_file=tmp_path / "q.jsonl")
+    assert store.submit(make_feedback()).status == "saved"
+    reader = sqlite3.connect(path)
+    assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM prediction_logs").fetchone() == (1,)  # a read stays open...
+    assert store.submit(make_feedback()).status == "saved"  # ...and a write still goes through at once
+    reader.rollback()
+    assert reader.execute("SELECT count(*) FROM prediction_logs").fetchone() == (2,)
+    reader.close()
+    store.dispose()
