@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shlex
 import subprocess
@@ -124,7 +123,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(config.REPORTS_DIR / "benchmarks.md"))
     args = parser.parse_args()
 
-    machine = f"{_cpu_name()}, {os.cpu_count()} CPUs, {_gpu_name() if _has_gpu() else 'no GPU'}"
+    machine = machine_name()
     date = time.strftime("%Y-%m-%d")
     rows = []
     for name in args.only or BENCHMARKS:
@@ -134,24 +133,13 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def _has_gpu() -> bool:
+def machine_name() -> str:
     import torch
 
-    return torch.cuda.is_available()
+    from digitlib.modeling.train import hardware_name
 
-
-def _gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name()
-
-
-def _cpu_name() -> str:
-    # Machines of one kind differ (Intel with AMX, AMD with AVX512-BF16): the model explains the figures.
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
-    return f"{platform.machine()} {model or platform.processor()}".strip()
+    gpu = hardware_name(torch.device("cuda")) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()} {hardware_name(torch.device('cpu'))}, {gpu}"
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from dataclasses import replace
@@ -25,7 +24,7 @@ import torch
 
 from digitlib.dataset import Digits, load_mnist, train_val_split
 from digitlib.modeling.predict import evaluate
-from digitlib.modeling.train import RECIPES, TrainConfig, TrainResult, pick_device, recipe, train
+from digitlib.modeling.train import RECIPES, TrainConfig, TrainResult, hardware_name, pick_device, recipe, train
 
 IN_ORDER = ("seed", "sprint", "fast-gpu", "fast", "default")  # every recipe, the seed baseline first
 
@@ -94,11 +93,6 @@ def summarise(name: str, cfg: TrainConfig, runs: list[dict]) -> dict:
     return summary
 
 
-def machine_name(device: torch.device) -> str:
-    what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    return f"{platform.machine()} {what}, torch {torch.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), help=f"default: {' '.join(IN_ORDER)}")
@@ -136,7 +130,12 @@ def main() -> None:
         ]
         runs.append(summarise(name, cfg, done))
     by_name = {r["name"]: r for r in runs}
-    report = {"machine": machine_name(device), "device": str(device), "date": time.strftime("%Y-%m-%d"), "runs": runs}
+    report = {
+        "machine": f"{hardware_name(device)}, torch {torch.__version__}",
+        "device": str(device),
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": runs,
+    }
     if "default" in by_name and "seed" in by_name:
         ratio = by_name["default"]["images_per_second"] / by_name["seed"]["images_per_second"]
         report["speed_ratio_images_per_second"] = round(ratio, 2)

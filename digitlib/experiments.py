@@ -67,6 +67,7 @@ def training_metrics(result, test_summary: dict | None = None) -> dict:
         "images_per_second": round(result.images_per_second, 1),
         "device": result.device,
         "precision": result.precision,
+        "hardware": result.hardware,
         "config": result.config.to_dict(),
     }
     if test_summary:

@@ -9,7 +9,7 @@ from digitlib.dataset import train_val_split
 from digitlib.modeling.checkpoint import load_model
 from digitlib.modeling.models import build_model
 from digitlib.modeling.predict import evaluate
-from digitlib.modeling.train import TrainConfig, pick_device, save_training, train
+from digitlib.modeling.train import TrainConfig, hardware_name, pick_device, save_training, train
 
 
 def small_config(**kw):
@@ -98,6 +98,13 @@ def test_bad_options_are_refused(mnist_train):
         train(small_config(precision="fp8"), mnist_train.head(100), progress=False)
 
 
+def test_hardware_name_is_the_gpu_or_the_cpu_model(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert hardware_name(torch.device("cuda")) == "NVIDIA H100 80GB HBM3"
+    cpu = hardware_name(torch.device("cpu"))
+    assert cpu.endswith(f"({torch.get_num_threads()} threads)") and not cpu.startswith("(")
+
+
 def test_pick_device():
     assert pick_device("cpu").type == "cpu"
     assert pick_device("auto").type in {"cpu", "cuda", "mps"}
@@ -108,6 +115,7 @@ def test_saved_training_reloads_with_its_record(small_run, tmp_path, mnist_test)
     loaded = load_model(tmp_path / "m")
     assert loaded.metadata["training"]["train_subset"] == 5000
     assert loaded.metadata["history"] == small_run.history
+    assert loaded.metadata["hardware"] == hardware_name(torch.device("cpu")) and "threads" in small_run.hardware
     before = evaluate(small_run.as_loaded(), mnist_test.head(500)).accuracy
     assert evaluate(loaded, mnist_test.head(500)).accuracy == before
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import random
 import time
 from collections.abc import Callable
@@ -92,6 +93,7 @@ class TrainResult:
     images_seen: int
     stopped_early: bool = False
     precision: str = "fp32"  # what "auto" chose: bf16 (autocast) or fp32
+    hardware: str = ""  # the GPU or CPU model the timings were taken on
     extra: dict = field(default_factory=dict)
 
     @property
@@ -115,6 +117,19 @@ def pick_device(requested: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def hardware_name(device: torch.device) -> str:
+    """What a run's speed depends on, e.g. "NVIDIA H100 80GB HBM3" or "AMD EPYC 9R14 (2 threads)".
+
+    Machines sold as one kind differ (Intel with AMX, AMD with AVX512-BF16), so timings name it.
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return f"{model or platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -317,7 +332,8 @@ def train(
             break
     model.eval()
     precision = "bf16" if bf16 else "fp32"
-    return TrainResult(model.cpu(), cfg, history, str(device), train_seconds, images_seen, stopped, precision)
+    hardware = hardware_name(device)
+    return TrainResult(model.cpu(), cfg, history, str(device), train_seconds, images_seen, stopped, precision, hardware)
 
 
 def save_training(result: TrainResult, directory: str | Path, extra_metadata: dict | None = None) -> Path:
@@ -329,6 +345,7 @@ def save_training(result: TrainResult, directory: str | Path, extra_metadata: di
         "history": result.history,
         "device": result.device,
         "precision": result.precision,
+        "hardware": result.hardware,
         "train_seconds": round(result.train_seconds, 2),
         "images_per_second": round(result.images_per_second, 1),
         "stopped_early": result.stopped_early,
