@@ -66,7 +66,8 @@ class TrainConfig:
 RECIPES = {
     "default": TrainConfig(),
     "fast": TrainConfig(epochs=6, augment="light", label_smoothing=0.0),
-    "sprint": TrainConfig(epochs=1, batch_size=512, lr=1e-2, augment="none", label_smoothing=0.0),
+    # Label smoothing 0.1 lifts one epoch from 99.00-99.16% to 99.16-99.25% (4-5 seeds): a margin over 99%.
+    "sprint": TrainConfig(epochs=1, batch_size=512, lr=1e-2, augment="none"),
     "fast-gpu": TrainConfig(epochs=6, batch_size=512, lr=1e-2, augment="light", label_smoothing=0.0),
     "seed": TrainConfig(
         arch="seed", epochs=5, lr=1e-3, optimizer="adam", schedule="constant", weight_decay=0.0, augment="none"
