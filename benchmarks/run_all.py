@@ -75,6 +75,7 @@ def figures_of(name: str, result: dict) -> list[tuple[str, object]]:
         if web:
             rows += [
                 ("mouse-up to prediction shown in Chromium (median)", f"{web['mouseup_to_prediction_median_ms']} ms"),
+                ("mouse-up to prediction shown in Chromium (max)", f"{web['mouseup_to_prediction_max_ms']} ms"),
                 ("page open to interactive canvas (median)", f"{web['page_open_to_canvas_median_s']} s"),
                 ("memory per dashboard session (kernel RSS)", f"{web['kernel_rss_per_session_mib']} MiB"),
             ]

@@ -66,3 +66,19 @@ def test_every_recipe_is_benchmarked():
     from digitlib.modeling.train import RECIPES
 
     assert sorted(train_speed.IN_ORDER) == sorted(RECIPES)
+
+
+def test_dashboard_latency_json_becomes_report_rows():
+    done = subprocess.run(
+        [sys.executable, "benchmarks/dashboard_latency.py", "--no-browser", "--drawings", "20", "--json"],
+        cwd=config.PROJ_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "threads)" in report["machine"]  # the same hardware name as the training benchmark
+    assert 0 < report["python"]["p50_ms"] <= report["python"]["p99_ms"]
+    rows = dict(run_all.figures_of("dashboard_latency", report))
+    assert rows["strokes to probabilities p50 (1 thread)"] == f"{report['python']['p50_ms']:.2f} ms"
+    assert not any("Chromium" in figure for figure in rows)  # no browser run, no browser rows
