@@ -25,6 +25,7 @@ RUN /app/.venv/bin/pip install --extra-index-url https://download.pytorch.org/wh
 COPY dashboards ./dashboards
 COPY notebooks ./notebooks
 COPY models/default ./models/default
+COPY deploy/check-env ./deploy/check-env
 
 # Folders the services write to (named volumes start as copies of these, owned by digitlab).
 RUN mkdir -p data reports \
@@ -32,5 +33,8 @@ RUN mkdir -p data reports \
 USER digitlab
 
 EXPOSE 8866 8888
+# Every service's command starts behind the secrets check: .env.example placeholders and short
+# secrets stop the container with a message naming the variable (deploy/check-env).
+ENTRYPOINT ["/app/deploy/check-env"]
 # The dashboard by default: the same command as `make dashboard` (voila.json: preheated kernels, no tracebacks).
 CMD [".venv/bin/python", "-m", "voila", "dashboards/digits.ipynb", "--port=8866", "--no-browser", "--preheat_kernel=True", "--Voila.ip=0.0.0.0"]

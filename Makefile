@@ -27,7 +27,10 @@ setup: $(VENV)/.installed data ## create .venv with every package, link the data
 chromium: ## install Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium)
 	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
-test: setup chromium ## set up, then run every test
+caddy: ## install Debian's caddy for the replica test (tests/test_replicas.py runs /usr/bin/caddy) and make proxy
+	@[ -x /usr/bin/caddy ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq caddy; }
+
+test: setup chromium caddy ## set up, then run every test
 	$(PY) -m pytest -q --durations=10
 
 test-fast: setup ## the tests that train nothing and start no server
@@ -89,7 +92,7 @@ dashboard: setup ## serve the drawing dashboard with Voila at http://localhost:8
 	$(PY) -m voila dashboards/digits.ipynb --port=$(DASHBOARD_PORT) --no-browser --preheat_kernel=True --Voila.ip=$(DASHBOARD_IP)
 
 # --- deployment: docker-compose.yml runs these same commands (tests/test_deploy.py compares) ---
-.PHONY: db migrate trainer proxy
+.PHONY: db migrate trainer proxy caddy check-env up
 DB_PORT ?= 5433
 GRANT_TO ?=
 CADDYFILE ?= Caddyfile
@@ -104,9 +107,17 @@ migrate: setup ## feedback schema to the newest revision at DATABASE_URL; GRANT_
 trainer: setup ## retrain on the feedback: the retrain notebook by papermill into reports/retrain.ipynb
 	$(PAPERMILL) $(RETRAIN_NB) reports/retrain.ipynb
 
-proxy: ## Caddy with HTTPS in front of dashboard and lab (local CA for localhost); needs caddy
-	@command -v caddy >/dev/null || { echo "caddy is not installed: see https://caddyserver.com/docs/install"; exit 1; }
+proxy: ## Caddy with HTTPS in front of dashboard (DASHBOARD_UPSTREAMS="host:port ..." for replicas) and lab
+	@command -v caddy >/dev/null || { echo "caddy is not installed: make caddy (Debian's package)"; exit 1; }
 	caddy run --config $(CADDYFILE) --adapter caddyfile
+
+ENV_FILE ?= .env
+
+check-env: ## refuse ENV_FILE (.env) with a .env.example placeholder or a secret under 16 characters
+	deploy/check-env --env-file $(ENV_FILE)
+
+up: check-env ## the whole stack with docker compose: DASHBOARD_REPLICAS dashboards behind Caddy, PostgreSQL, lab
+	docker compose --env-file $(ENV_FILE) up -d --build
 
 # --- feedback loop: analyse, export, retrain, promote, roll back (README, "Feedback loop") ----
 .PHONY: analyse export-feedback retrain promote rollback models

@@ -5,8 +5,12 @@ target that runs the same command without Docker.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import secrets
 import shlex
+import shutil
 import subprocess
 
 import pytest
@@ -20,12 +24,21 @@ SERVICES = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 CADDYFILE = (ROOT / "Caddyfile").read_text()
 RETRAIN_NOTEBOOK = "notebooks/4.0-dl-retrain-with-feedback.ipynb"
+CHECK_ENV = ROOT / "deploy" / "check-env"
+PROXY_UPSTREAMS = ROOT / "deploy" / "proxy-upstreams"
+HEALTH_URI = "/voila/static/materialcolors.css"
 VARIABLE = re.compile(r"\$\{(\w+)(?::([?-])([^}]*))?\}")
 
 
 def env_example() -> dict[str, str]:
     lines = (ROOT / ".env.example").read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def good_env() -> dict[str, str]:
+    """.env.example as an operator fills it in: every placeholder replaced by a random secret."""
+    env = env_example()
+    return {k: secrets.token_urlsafe(32) if v.startswith("change-me") else v for k, v in env.items()}
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
@@ -64,8 +77,21 @@ def depends_on(service: str) -> dict[str, str]:
     return {name: spec["condition"] for name, spec in SERVICES[service]["depends_on"].items()}
 
 
-def environment(service: str) -> dict[str, str]:
-    return {k: interpolate(str(v), env_example()) for k, v in SERVICES[service]["environment"].items()}
+def environment(service: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    env = env_example() if env is None else env
+    return {k: interpolate(str(v), env) for k, v in SERVICES[service]["environment"].items()}
+
+
+def run_script(script, *args: str, env: dict[str, str], cwd=ROOT) -> subprocess.CompletedProcess:
+    """A deploy/ script as the container runs it: POSIX sh, only the given environment."""
+    return subprocess.run(
+        ["sh", str(script), *args],
+        env={"PATH": os.environ["PATH"], **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 # --- compose -------------------------------------------------------------------------------------
@@ -106,7 +132,8 @@ def test_dashboard_waits_for_a_healthy_db_and_the_migration():
     assert SERVICES["migrate"]["restart"] == "no"
     dashboard = SERVICES["dashboard"]
     assert "ports" not in dashboard and dashboard["expose"] == ["8866"]  # only through the proxy
-    assert "8866" in " ".join(dashboard["healthcheck"]["test"])
+    # Docker's health is the same answer Caddy's active check asks for (not a bare TCP connect).
+    assert f"http://127.0.0.1:8866{HEALTH_URI}" in " ".join(dashboard["healthcheck"]["test"])
 
 
 def test_dashboard_runs_voila_with_preheated_kernels():
@@ -150,18 +177,104 @@ def test_proxy_is_caddy_with_https_in_front_of_dashboard_and_lab():
     assert "./Caddyfile:/etc/caddy/Caddyfile:ro" in proxy["volumes"]
     assert "caddy-data:/data" in proxy["volumes"]  # the local CA and certificates survive restarts
     env = environment("proxy")
-    assert env["DASHBOARD_UPSTREAM"] == "dashboard:8866" and env["LAB_UPSTREAM"] == "lab:8888"
+    assert env["LAB_UPSTREAM"] == "lab:8888"
     assert "--port=8888" in service_command("lab")
     assert env["TLS"] == "internal" and env["SITE_ADDRESS"] == "localhost"
+
+
+def dashboard_replicas(env: dict[str, str]) -> int:
+    return int(interpolate(str(SERVICES["dashboard"]["deploy"]["replicas"]), env))
+
+
+def test_compose_runs_dashboard_replicas_and_the_proxy_names_each_of_them():
+    env = env_example()
+    replicas = dashboard_replicas(env)
+    assert replicas == int(env["DASHBOARD_REPLICAS"]) >= 2
+    assert "container_name" not in SERVICES["dashboard"]  # one name cannot be given to N containers
+    # Every replica shares the one database and the one models volume: a promotion reaches all.
+    assert environment("dashboard")["DATABASE_URL"].endswith("@db:5432/" + env["POSTGRES_DB"])
+    assert "models:/app/models" in SERVICES["dashboard"]["volumes"]
+    # Caddy reaches the replicas from the compose network: its X-Forwarded-For names the visitor.
+    trusted = environment("dashboard")["DIGITLIB_TRUSTED_PROXIES"].split(",")
+    assert "172.16.0.0/12" in trusted and "0.0.0.0/0" not in trusted
+    proxy = SERVICES["proxy"]
+    assert proxy["entrypoint"] == ["sh", "/deploy/proxy-upstreams"]
+    assert "./deploy/proxy-upstreams:/deploy/proxy-upstreams:ro" in proxy["volumes"]
+    # The entrypoint as the container runs it: compose names replicas <project>-dashboard-<n>.
+    for count in (replicas, 3):
+        done = run_script(
+            PROXY_UPSTREAMS,
+            "sh",
+            "-c",
+            'printf %s "$DASHBOARD_UPSTREAMS"',
+            env=environment("proxy", {**env, "DASHBOARD_REPLICAS": str(count)}),
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [f"{COMPOSE['name']}-dashboard-{i}:8866" for i in range(1, count + 1)]
+        assert dashboard_replicas({**env, "DASHBOARD_REPLICAS": str(count)}) == count
+    # Replicas on other hosts: an explicit list wins.
+    hosts = "10.0.0.5:8866 10.0.0.6:8866"
+    done = run_script(
+        PROXY_UPSTREAMS,
+        "sh",
+        "-c",
+        'printf %s "$DASHBOARD_UPSTREAMS"',
+        env=environment("proxy", {**env, "DASHBOARD_UPSTREAMS": hosts}),
+    )
+    assert done.stdout == hosts
+    refused = run_script(PROXY_UPSTREAMS, "true", env={"DASHBOARD_REPLICAS": "two"})
+    assert refused.returncode == 2 and "DASHBOARD_REPLICAS must be a whole number" in refused.stderr
 
 
 def test_caddyfile_serves_https_with_a_local_ca_by_default():
     sites = re.findall(r"^(\S+) \{$", CADDYFILE, flags=re.M)
     assert sites == ["{$SITE_ADDRESS:localhost}", "{$LAB_ADDRESS:localhost:8443}"]
     assert CADDYFILE.count("tls {$TLS:internal}") == 2
-    assert "reverse_proxy {$DASHBOARD_UPSTREAM:localhost:8866}" in CADDYFILE
+    assert "reverse_proxy {$DASHBOARD_UPSTREAMS:localhost:8866} {" in CADDYFILE
     assert "reverse_proxy {$LAB_UPSTREAM:localhost:8888}" in CADDYFILE
     assert CADDYFILE.count("{") == CADDYFILE.count("}")
+
+
+def caddy_json(env: dict[str, str]) -> dict:
+    """The Caddyfile as Caddy itself reads it (`caddy adapt`) with the proxy's environment."""
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        pytest.fail("caddy is missing: `make caddy` installs Debian's package")
+    done = subprocess.run(
+        [caddy, "adapt", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"],
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def reverse_proxies(node) -> list[dict]:
+    if isinstance(node, dict):
+        found = [node] if node.get("handler") == "reverse_proxy" else []
+        return found + [p for value in node.values() for p in reverse_proxies(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in reverse_proxies(value)]
+    return []
+
+
+def test_caddy_balances_the_replicas_sticky_with_active_health_checks():
+    upstreams = " ".join(f"digitlab-dashboard-{i}:8866" for i in (1, 2, 3))
+    env = {**environment("proxy"), "DASHBOARD_UPSTREAMS": upstreams}
+    dashboard, lab = reverse_proxies(caddy_json(env))
+    assert [u["dial"] for u in dashboard["upstreams"]] == upstreams.split()
+    assert [u["dial"] for u in lab["upstreams"]] == ["lab:8888"]
+    # Sticky by cookie: the page and its kernel's websocket reach the one replica running the kernel.
+    assert dashboard["load_balancing"]["selection_policy"] == {"policy": "cookie", "name": "digitlab_replica"}
+    active = dashboard["health_checks"]["active"]
+    assert active["uri"] == HEALTH_URI and active["expect_status"] == 200
+    assert active["interval"] <= 10e9 and active["timeout"] <= 5e9  # nanoseconds
+    assert dashboard["health_checks"]["passive"]["fail_duration"] > 0
+    assert dashboard["load_balancing"]["try_duration"] > 0  # a refused dial goes to another replica
+    # No header_up touches X-Forwarded-For: Caddy sets it, the kernel caps read the client from it.
+    assert "X-Forwarded-For" not in json.dumps(dashboard.get("headers", {}).get("request", {}))
 
 
 # --- .env ----------------------------------------------------------------------------------------
@@ -259,3 +372,96 @@ def test_readme_settings_table_lists_every_setting():
     table = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^\| `(\w+)` \|", table, flags=re.M))
     assert listed == {s.name for s in config.SETTINGS}
+
+
+# --- secrets: deploy/check-env refuses the .env.example placeholders (issue 18) -----------------
+
+
+def test_every_service_holding_a_secret_runs_the_check_first():
+    assert dockerfile_instructions("ENTRYPOINT") == ['["/app/deploy/check-env"]']
+    assert "deploy/check-env ./deploy/check-env" in dockerfile_instructions("COPY")
+    for service in ("migrate", "dashboard", "lab", "trainer"):
+        assert "entrypoint" not in SERVICES[service], service  # the image's: check-env, then the command
+    db = SERVICES["db"]
+    assert db["entrypoint"] == ["sh", "/deploy/check-env", "docker-entrypoint.sh"] and db["command"] == ["postgres"]
+    assert "./deploy/check-env:/deploy/check-env:ro" in db["volumes"]
+
+
+@pytest.mark.parametrize("service", ["db", "migrate", "dashboard", "lab", "trainer"])
+def test_a_service_refuses_the_example_secrets_and_starts_with_real_ones(service):
+    """check-env with the environment compose gives the service, as its entrypoint runs it."""
+    refused = run_script(CHECK_ENV, "echo", "started", env=environment(service, env_example()))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "placeholder" in refused.stderr and "refusing to start" in refused.stderr
+    for secret in ("change-me-owner-password", "change-me-dashboard-password", "change-me-long-random-token"):
+        assert secret not in refused.stderr  # names the variable, never shows a value
+    started = run_script(CHECK_ENV, "echo", "started", env=environment(service, good_env()))
+    assert started.returncode == 0, started.stderr
+    assert started.stdout == "started\n"
+
+
+def test_check_env_names_each_placeholder_in_the_env_file(tmp_path):
+    done = run_script(CHECK_ENV, "--env-file", str(ROOT / ".env.example"), env={})
+    assert done.returncode == 2
+    named = set(re.findall(r"check-env: (\w+) still holds the \.env\.example placeholder", done.stderr))
+    assert named == {"POSTGRES_PASSWORD", "DASHBOARD_DB_PASSWORD", "LAB_TOKEN"}
+    assert "fix the 3 problem(s) above in" in done.stderr and "token_urlsafe" in done.stderr
+    # Filled in, the same file passes; compose's own order holds (the environment overrides .env).
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in good_env().items()))
+    assert run_script(CHECK_ENV, "--env-file", str(env_file), env={}).returncode == 0
+    overridden = run_script(CHECK_ENV, "--env-file", str(env_file), env={"LAB_TOKEN": "change-me-long-random-token"})
+    assert overridden.returncode == 2 and "LAB_TOKEN still holds" in overridden.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LAB_TOKEN", "short-token", "LAB_TOKEN is 11 characters; secrets need at least 16"),
+        ("JUPYTER_TOKEN", "", "JUPYTER_TOKEN is 0 characters"),
+        ("POSTGRES_PASSWORD", "CHANGEME-please-now", "POSTGRES_PASSWORD still holds the .env.example placeholder"),
+        ("DATABASE_URL", "postgresql+psycopg2://u:hunter2@db:5432/x", "the password in DATABASE_URL is 7 characters"),
+        ("DATABASE_URL", "postgresql+psycopg2://u:change-me-dashboard-password@db/x", "DATABASE_URL still holds"),
+    ],
+)
+def test_check_env_refuses_short_or_placeholder_secrets(variable, value, message):
+    done = run_script(CHECK_ENV, "echo", "started", env={variable: value})
+    assert done.returncode == 2 and done.stdout == ""
+    assert message in done.stderr
+    assert not value or value not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DATABASE_URL": "sqlite:////app/data/feedback.db"},  # no password: nothing to check
+        {"DATABASE_URL": "postgresql+psycopg2://dashboard@db:5432/digitlab"},  # trust or peer auth
+        {"DIGITLIB_MODEL": "", "TLS": "internal", "LAB_TOKEN": "x" * 16},
+    ],
+)
+def test_check_env_lets_safe_settings_through(env):
+    done = run_script(CHECK_ENV, "echo", "started", env=env)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "started\n", "")
+
+
+def test_check_env_without_the_env_file_says_how_to_make_it(tmp_path):
+    done = run_script(CHECK_ENV, "--env-file", str(tmp_path / ".env"), env={})
+    assert done.returncode == 2 and "cp .env.example" in done.stderr
+
+
+def test_make_up_checks_the_env_file_before_compose(tmp_path):
+    lines = subprocess.run(
+        ["make", "--no-print-directory", "-n", "up"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert lines == ["deploy/check-env --env-file .env", "docker compose --env-file .env up -d --build"]
+    # The real target, as an operator runs it with the example copied unchanged: refused.
+    env_file = tmp_path / ".env"
+    shutil.copy(ROOT / ".env.example", env_file)
+    done = subprocess.run(
+        ["make", "--no-print-directory", "check-env", f"ENV_FILE={env_file}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0 and "LAB_TOKEN still holds the .env.example placeholder" in done.stderr
