@@ -22,7 +22,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 
 from digitlib import config
 from digitlib.preprocess import CANVAS_SIZE, MNIST_SIZE, DrawingError, validate_strokes
@@ -59,6 +59,10 @@ DEFAULT_QUEUE_FILE = config.DATA_DIR / "feedback-queue.jsonl"
 MAX_TEXT = 64  # submission and session ids
 MAX_VERSION = 200
 CONNECT_TIMEOUT_S = 3  # a visitor should not wait long for a database that is down
+# The dashboard's connections: a lock held by someone else, or a runaway statement, sends the
+# answer to the queue within seconds instead of leaving the visitor waiting.
+LOCK_TIMEOUT_S = 3
+STATEMENT_TIMEOUT_S = 10
 
 metadata = MetaData()
 prediction_logs = Table(
@@ -182,11 +186,55 @@ class Feedback:
         return json.dumps(row)
 
     @classmethod
-    def from_json(cls, line: str) -> Feedback:
-        row = json.loads(line)
-        row["image"] = base64.b64decode(row["image"])
-        row["created_at"] = datetime.fromisoformat(row["created_at"])
-        return cls(**row)
+    def from_json(cls, line: str | bytes) -> Feedback:
+        """A queued row, checked as strictly as a new answer; raises FeedbackError with the reason."""
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+            raise FeedbackError(f"not JSON ({type(e).__name__}: {str(e)[:200]})") from None
+        if not isinstance(row, dict) or set(row) != {f.name for f in fields(cls)}:
+            got = sorted(row)[:20] if isinstance(row, dict) else type(row).__name__
+            raise FeedbackError(f"not a feedback row (fields {got})")
+        try:
+            image = base64.b64decode(row["image"], validate=True)
+            created_at = datetime.fromisoformat(row["created_at"])
+        except (TypeError, ValueError) as e:
+            raise FeedbackError(f"image or created_at unreadable: {e}") from None
+        if created_at.tzinfo is None:
+            raise FeedbackError("created_at must carry its time zone")
+        _check_png(image)
+        checked = cls.create(
+            strokes=row["strokes"],
+            true_label=row["true_label"],
+            probabilities=row["probabilities"],
+            image=png_to_image(image),
+            model_version=row["model_version"],
+            session_id=row["session_id"],
+            submission_id=row["submission_id"],
+            canvas_size=_canvas_size(row["canvas_size"]),
+        )
+        if (checked.predicted, checked.strokes) != (row["predicted"], row["strokes"]):
+            raise FeedbackError("predicted or strokes differ from what the row's own figures give")
+        return replace(checked, image=image, created_at=created_at)
+
+
+def _canvas_size(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 4 * CANVAS_SIZE:
+        raise FeedbackError(f"canvas_size must be a whole number of pixels, got {value!r}")
+    return value
+
+
+def _check_png(data: bytes) -> None:
+    """The image must be the 28x28 greyscale PNG image_to_png writes, nothing else."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            if image.size != (MNIST_SIZE, MNIST_SIZE) or image.mode != "L":
+                raise FeedbackError(
+                    f"image must be a {MNIST_SIZE}x{MNIST_SIZE} greyscale PNG, got {image.size} {image.mode}"
+                )
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise FeedbackError(f"image is not a readable PNG ({e})") from None
 
 
 @dataclass(frozen=True)
@@ -203,22 +251,67 @@ class SubmitResult:
         return self.status in ("saved", "duplicate")
 
 
-def _engine_for(url: str) -> Engine:
+def redact_url(url) -> str:
+    """A database URL fit for a page, a log or a manifest: its password replaced by ***.
+
+    The one redaction function. Textual, so it holds for URLs SQLAlchemy cannot parse (a typo,
+    a stray space) and for an unescaped @ in a password: everything between the user name and
+    the last @ goes.
+    """
+    text = str(url)
+    at = text.rfind("@")
+    if at < 0:
+        return text
+    slashes = text.find("//", 0, at)
+    start = slashes + 2 if slashes >= 0 else text.find("/", 0, at) + 1  # "scheme:/user:pw@" too
+    userinfo = text[start:at]
+    if ":" not in userinfo:
+        return text
+    return f"{text[:start]}{userinfo.split(':', 1)[0]}:***{text[at:]}"
+
+
+def resolve_database_url(url: str) -> str:
+    """`url` with a relative SQLite path made absolute against the project root.
+
+    Every entry point agrees on the file: the dashboard's kernels run in dashboards/, the CLI
+    and notebooks wherever they are started. Other URLs come back unchanged (stripped).
+    """
+    url = str(url).strip()
     try:
-        parsed: URL = make_url(url)
+        parsed = make_url(url)
     except ArgumentError as e:
-        raise StoreConfigError(f"DATABASE_URL {url!r} is not an SQLAlchemy URL ({e})") from None
+        raise StoreConfigError(f"DATABASE_URL {redact_url(url)!r} is not an SQLAlchemy URL ({e})") from None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return url
+    path = Path(database).expanduser()
+    if not path.is_absolute():
+        path = Path(os.path.normpath(config.PROJ_ROOT / path))
+    if str(path) == database:
+        return url
+    return parsed.set(database=str(path)).render_as_string(hide_password=False)
+
+
+def _engine_for(url: str, timeouts: bool = False) -> Engine:
+    """An engine for `url`; `timeouts` (the dashboard's) make a held lock or a slow statement fail fast."""
+    parsed: URL = make_url(resolve_database_url(url))
     connect_args = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        connect_args["timeout"] = 10  # several dashboard kernels may write at once
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # The busy timeout: several dashboard kernels may write at once, but not wait for ever.
+        connect_args["timeout"] = LOCK_TIMEOUT_S if timeouts else 10
     elif parsed.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        if timeouts:
+            # connect_args replace the URL's own `options` (a search_path, say): keep them.
+            given = parsed.query.get("options", "")
+            limits = f"-c lock_timeout={LOCK_TIMEOUT_S * 1000} -c statement_timeout={STATEMENT_TIMEOUT_S * 1000}"
+            connect_args["options"] = f"{given if isinstance(given, str) else ' '.join(given)} {limits}".strip()
     try:
         engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except (ArgumentError, NoSuchModuleError, ImportError) as e:
-        raise StoreConfigError(f"DATABASE_URL {parsed.render_as_string()}: {e}") from None
+        raise StoreConfigError(f"DATABASE_URL {redact_url(url)}: {e}") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         event.listen(engine, "connect", _write_ahead_log)
     return engine
@@ -240,15 +333,15 @@ def _insert_ignoring_duplicates(engine: Engine):
 class FeedbackStore:
     """Writes feedback rows to DATABASE_URL, queueing them on disk while it is unreachable."""
 
-    def __init__(self, url: str | None = None, queue_file: str | Path | None = None):
-        self.url = url or config.DATABASE_URL.get()
-        self.engine = _engine_for(self.url)
+    def __init__(self, url: str | None = None, queue_file: str | Path | None = None, timeouts: bool = True):
+        self.url = resolve_database_url(url or config.DATABASE_URL.get())
+        self.engine = _engine_for(self.url, timeouts)
         self.queue_file = Path(queue_file) if queue_file else DEFAULT_QUEUE_FILE
         self._schema_ready = False
 
     @property
     def safe_url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        return redact_url(self.url)
 
     def ensure_schema(self) -> None:
         """Bring the database to the newest schema revision (digitlib/migrations), once per store.
@@ -280,15 +373,30 @@ class FeedbackStore:
         return new
 
     def submit(self, feedback: Feedback) -> SubmitResult:
-        """Store one answer; queue it on disk if the database cannot be reached."""
+        """Store one answer, or queue it on disk; raises FeedbackError only when it can do neither.
+
+        Whatever stops the write (database down, a held lock, a read-only file, a schema the
+        role may not migrate) queues the answer; the visitor is told which happened.
+        """
         try:
             new = self._write([feedback])
         except IntegrityError as e:
             # A check constraint, not a duplicate (those are skipped): a bug worth seeing.
             raise FeedbackError(f"the database refused the row: {e.orig}") from None
-        except (OperationalError, DBAPIError) as e:
-            log.warning("feedback store %s unreachable, queueing %s: %s", self.safe_url, feedback.submission_id, e)
-            self._enqueue(feedback)
+        except Exception as e:  # noqa: BLE001 - any failure to store must keep the answer
+            log.warning("feedback store %s failed, queueing %s: %s", self.safe_url, feedback.submission_id, e)
+            try:
+                self._enqueue(feedback)
+            except OSError as queue_error:
+                log.error(
+                    "feedback queue %s unwritable, %s not kept: %s",
+                    self.queue_file,
+                    feedback.submission_id,
+                    queue_error,
+                )
+                raise FeedbackError(
+                    "the database cannot take answers and the server cannot keep them either; try again later"
+                ) from None
             return SubmitResult(
                 "queued",
                 feedback.submission_id,
@@ -300,6 +408,11 @@ class FeedbackStore:
         return SubmitResult("saved", feedback.submission_id, f"Saved as {feedback.true_label}. Thank you!", replayed)
 
     # --- the on-disk queue ------------------------------------------------------------------
+
+    @property
+    def rejected_file(self) -> Path:
+        """Queue lines that can never be stored, one JSON object each with the reason."""
+        return self.queue_file.with_suffix(".rejected")
 
     @contextmanager
     def _locked_queue(self, mode: str):
@@ -313,53 +426,103 @@ class FeedbackStore:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _enqueue(self, feedback: Feedback) -> None:
-        with self._locked_queue("a") as f:
-            f.write(feedback.to_json() + "\n")
+        with self._locked_queue("ab+") as f:
+            f.seek(0, os.SEEK_END)
+            torn = False
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+            # A torn last line (a crash mid-write) stays alone: never glue this row to it.
+            f.write((b"\n" if torn else b"") + feedback.to_json().encode("ascii") + b"\n")
             f.flush()
             os.fsync(f.fileno())
 
     def queued(self) -> list[Feedback]:
-        """The rows waiting in the queue file (unreadable lines are left out)."""
+        """The rows waiting in the queue file (lines that cannot be stored are left out)."""
         if not self.queue_file.is_file():
             return []
-        with self._locked_queue("r") as f:
-            return self._parse_queue(f.read().splitlines())[0]
+        with self._locked_queue("rb") as f:
+            return [row for row, _ in self._parse_queue(f.read())[0]]
 
-    def _parse_queue(self, lines: list[str]) -> tuple[list[Feedback], list[str]]:
+    def _parse_queue(self, data: bytes) -> tuple[list[tuple[Feedback, bytes]], list[tuple[bytes, str]]]:
+        """Good rows with their lines, and each bad line with its reason; one never stops the others."""
         rows, bad = [], []
-        for line in filter(str.strip, lines):
+        lines = data.split(b"\n")
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
             try:
-                rows.append(Feedback.from_json(line))
-            except (ValueError, KeyError, TypeError) as e:
-                log.error("feedback queue %s: unreadable line kept aside: %s", self.queue_file, e)
-                bad.append(line)
+                if number == len(lines):  # no newline after it: a write cut short
+                    raise FeedbackError("torn line (no newline at the end of the queue)")
+                rows.append((Feedback.from_json(line.decode("utf-8")), line))
+            except (UnicodeDecodeError, FeedbackError) as e:
+                reason = f"line {number}: {e}"[:500]
+                log.error("feedback queue %s: %s; kept aside in %s", self.queue_file, reason, self.rejected_file.name)
+                bad.append((line, reason))
         return rows, bad
+
+    def _reject(self, bad: Sequence[tuple[bytes, str]]) -> None:
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        with self.rejected_file.open("a") as f:
+            for line, reason in bad:
+                record = {"rejected_at": now, "reason": reason}
+                try:
+                    record["line"] = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    record["line_base64"] = base64.b64encode(line).decode("ascii")
+                f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def flush_queue(self) -> int:
         """Write every queued row (skipping ones already stored); returns how many were new.
 
-        Raises the database error if it is still unreachable; the queue is then left as it was.
-        Lines that cannot be parsed (a torn write) move to `<queue>.rejected` rather than vanish.
+        Raises the database error if it cannot be written to; the good rows then stay queued.
+        A line that can never be stored (torn, not UTF-8, invalid, refused by the database)
+        moves to `rejected_file` with its reason, alone: the other rows still go in.
         """
         if not self.queue_file.is_file() or self.queue_file.stat().st_size == 0:
             return 0
-        with self._locked_queue("r+") as f:
-            rows, bad = self._parse_queue(f.read().splitlines())
-            new = self._write(rows) if rows else 0
-            if bad:
-                with self.queue_file.with_suffix(".rejected").open("a") as rejected:
-                    rejected.write("\n".join(bad) + "\n")
-            f.seek(0)
-            f.truncate()
-            os.fsync(f.fileno())
-        if rows:
-            log.info("feedback queue: %d rows replayed, %d new", len(rows), new)
+        with self._locked_queue("rb+") as f:
+            parsed, bad = self._parse_queue(f.read())
+            if bad:  # set aside at once, so a database that is down does not keep them in the way
+                self._reject(bad)
+                self._rewrite(f, b"".join(line + b"\n" for _, line in parsed))
+            rows = [row for row, _ in parsed]
+            new = 0
+            if rows:
+                try:
+                    new = self._write(rows)
+                except IntegrityError:
+                    new, refused = self._write_one_by_one(rows)
+                    if refused:
+                        self._reject(refused)
+            self._rewrite(f, b"")
+        if rows or bad:
+            log.info("feedback queue: %d rows replayed, %d new, %d lines set aside", len(rows), new, len(bad))
         return new
+
+    @staticmethod
+    def _rewrite(f, data: bytes) -> None:
+        f.seek(0)
+        f.truncate()
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+    def _write_one_by_one(self, rows: Sequence[Feedback]) -> tuple[int, list[tuple[bytes, str]]]:
+        new, refused = 0, []
+        for row in rows:
+            try:
+                new += self._write([row])
+            except IntegrityError as e:
+                refused.append((row.to_json().encode(), f"refused by the database: {e.orig}"[:500]))
+        return new, refused
 
     def _flush_quietly(self) -> int:
         try:
             return self.flush_queue()
-        except (OperationalError, DBAPIError) as e:
+        except Exception as e:  # noqa: BLE001 - the answer is stored; the queue waits for the next try
             log.warning("feedback queue not flushed yet: %s", e)
             return 0
 

@@ -50,19 +50,54 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+class MigrationError(RuntimeError):
+    """The schema needs a change this connection's role may not make."""
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate to `revision` in one transaction, one migrator at a time.
 
-    Alembic's `context` is process-global (a thread lock); kernels are processes (PostgreSQL:
-    an advisory lock; an SQLite file: a lock file beside it).
+    A database already at the newest revision is only read: no lock is taken, so a dashboard
+    never waits on a migrator or on whoever holds its lock. Alembic's `context` is
+    process-global (a thread lock); kernels are processes (PostgreSQL: a lock on alembic_version
+    only the owner may take, an advisory lock on a fresh database; SQLite: a lock file).
     """
+    if revision == "head" and _at_head(engine):
+        return
     with _ALEMBIC_LOCK, _sqlite_file_lock(engine), engine.begin() as connection:
         if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            _lock_for_migration(connection)
         cfg = alembic_config(connection)
         if _made_before_migrations(connection):
             command.stamp(cfg, BASELINE)
         command.upgrade(cfg, revision)
+
+
+def _at_head(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        if _made_before_migrations(connection):
+            return False
+        return MigrationContext.configure(connection).get_current_revision() == head_revision()
+
+
+def _lock_for_migration(connection: Connection) -> None:
+    """Refuse clearly when this role may not change the schema; else take the migration lock.
+
+    LOCK TABLE in EXCLUSIVE mode needs UPDATE, DELETE or TRUNCATE on alembic_version, which the
+    dashboard's role lacks (it may only read it): that role can neither migrate nor hold up a
+    migration. On a fresh database (no alembic_version yet) kernels queue on an advisory lock.
+    """
+    may_create = connection.execute(text("SELECT has_schema_privilege(current_schema(), 'CREATE')")).scalar()
+    if not may_create:
+        user = connection.execute(text("SELECT current_user")).scalar()
+        raise MigrationError(
+            f"the feedback schema is not at revision {head_revision()} and role {user!r} may not change it: "
+            "run `make migrate` as the database owner"
+        )
+    if inspect(connection).has_table("alembic_version"):
+        connection.execute(text("LOCK TABLE alembic_version IN EXCLUSIVE MODE"))
+    else:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
 @contextmanager

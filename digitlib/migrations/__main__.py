@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from digitlib import config
-from digitlib.migrations import current_revision, grant_to_dashboard, head_revision, upgrade
-from digitlib.store import _engine_for
+from digitlib.migrations import MigrationError, current_revision, grant_to_dashboard, head_revision, upgrade
+from digitlib.store import StoreConfigError, _engine_for, redact_url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,13 +19,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "heads":
         print(head_revision())
         return 0
-    engine = _engine_for(args.url or config.DATABASE_URL.get())
+    url = args.url or config.DATABASE_URL.get()
+    try:
+        engine = _engine_for(url)
+    except StoreConfigError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     try:
         if args.action == "upgrade":
             upgrade(engine)
             if args.grant_to:
                 grant_to_dashboard(engine, args.grant_to)
-        print(f"{engine.url.render_as_string(hide_password=True)}: revision {current_revision(engine)}")
+        print(f"{redact_url(url)}: revision {current_revision(engine)}")
+    except (MigrationError, ValueError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     finally:
         engine.dispose()
     return 0

@@ -1,0 +1,299 @@
+"""Hardening (issue 18): secrets stay off pages and logs, the queue never jams or loses an answer,
+the dashboard's database work fails fast under a held lock, relative SQLite URLs mean one file,
+and the CLI answers bad input with one line and exit status 2.
+
+Attacked from outside where it matters: the CLI as a subprocess, a real PostgreSQL with the
+dashboard's least-privilege role, queue files as a crash or a careless hand would leave them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+from own_postgres import own_postgres_fixture
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from test_store import UNREACHABLE_URL, make_feedback, pg_url, sqlite_url  # noqa: F401  (fixtures)
+
+from digitlib import config, migrations
+from digitlib.store import (
+    Feedback,
+    FeedbackError,
+    FeedbackStore,
+    StoreConfigError,
+    redact_url,
+    resolve_database_url,
+)
+
+ROOT = config.PROJ_ROOT
+SECRET = "S3cretPW"
+own_postgres = pytest.fixture(scope="module")(own_postgres_fixture)
+
+
+def digitlib_cli(*args, cwd=ROOT, env=None, **kwargs) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "digitlib", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
+
+
+# --- no secret reaches a page or a log -------------------------------------------------------
+
+MALFORMED_URLS = [
+    f"postgresql+psycopg2//user:{SECRET}@db.example/feedback",  # the colon missing
+    f" postgresql+psycopg2://user:{SECRET}@db.example/feedback",  # a leading space
+    f"postgresql+psycopg2:/user:{SECRET}@db.example/feedback",
+    f"postgresql+nosuchdriver://user:{SECRET}@db.example/feedback",  # parses, no such driver
+    f"postgresql://user:pa@{SECRET}@db.example/feedback",  # an unescaped @ in the password
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_a_malformed_database_url_never_shows_its_password(url, tmp_path, caplog):
+    assert SECRET not in redact_url(url) and "user" in redact_url(url)
+    with caplog.at_level(logging.DEBUG):
+        try:
+            FeedbackStore(url, queue_file=tmp_path / "q.jsonl").dispose()
+        except StoreConfigError as e:
+            message = str(e)
+        else:  # a space around a good URL is forgiven
+            message = ""
+    assert SECRET not in message and SECRET not in caplog.text
+
+
+def test_redaction_keeps_what_an_operator_needs():
+    assert redact_url("postgresql+psycopg2://me:pw@db:5432/fb") == "postgresql+psycopg2://me:***@db:5432/fb"
+    assert redact_url("postgresql://me@db/fb") == "postgresql://me@db/fb"
+    assert redact_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS[:3])
+def test_cli_commands_report_a_bad_url_without_its_password(url, tmp_path):
+    export = digitlib_cli("export-feedback", str(tmp_path / "out"), "--database-url", url, "--json")
+    migrate = subprocess.run(
+        [sys.executable, "-m", "digitlib.migrations", "current", "--url", url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    for done in (export, migrate):
+        assert done.returncode == 2, done.stderr
+        assert SECRET not in done.stdout + done.stderr
+        assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
+        assert "***" in done.stderr
+
+
+# --- the on-disk queue -------------------------------------------------------------------------
+
+
+def queued_line(**changes) -> bytes:
+    row = json.loads(make_feedback().to_json())
+    row.update(changes)
+    return json.dumps(row).encode()
+
+
+def test_each_bad_queue_line_is_set_aside_alone_and_good_rows_are_stored(tmp_path, sqlite_url):  # noqa: F811
+    queue = tmp_path / "q.jsonl"
+    good = [make_feedback(label=d) for d in (1, 2, 3)]
+    not_png = base64.b64encode(b"GIF89a" + bytes(100)).decode()
+    queue.write_bytes(
+        good[0].to_json().encode() + b"\n"
+        + b'{"submission_id": "caf\xe9"}\n'  # not UTF-8
+        + queued_line(true_label=17) + b"\n"  # an invalid row
+        + queued_line(image=not_png) + b"\n"  # not a PNG: must never reach the table
+        + queued_line(true_label=True) + b"\n"
+        + b"[" * 100_000 + b"\n"  # nesting deep enough to break a recursive parser
+        + good[1].to_json().encode() + b"\n"
+        + b'{"submission_id": "torn'  # a crash mid-write: no newline
+    )  # fmt: skip
+    store = FeedbackStore(sqlite_url, queue_file=queue)
+    assert [f.submission_id for f in store.queued()] == [good[0].submission_id, good[1].submission_id]
+    assert not store.rejected_file.exists()  # reading the queue moves nothing
+
+    down = FeedbackStore(UNREACHABLE_URL, queue_file=queue)
+    assert down.submit(good[2]).status == "queued"  # appended after the torn line...
+    assert queue.read_bytes().endswith(b'"torn\n' + good[2].to_json().encode() + b"\n")  # ...never glued to it
+
+    assert store.flush_queue() == 3
+    assert sorted(r["true_label"] for r in store.rows()) == [1, 2, 3]
+    assert queue.read_bytes() == b""
+    rejected = [json.loads(line) for line in store.rejected_file.read_text().splitlines()]
+    reasons = [r["reason"] for r in rejected]
+    assert len(rejected) == 6
+    assert "line 2" in reasons[0] and "utf-8" in reasons[0].lower()
+    assert base64.b64decode(rejected[0]["line_base64"]) == b'{"submission_id": "caf\xe9"}'
+    assert "line 3" in reasons[1] and "label must be a digit" in reasons[1]
+    assert "line 4" in reasons[2] and "PNG" in reasons[2]
+    assert "label must be a digit" in reasons[3]
+    assert "not JSON" in reasons[4]
+    assert "line 8: not JSON" in reasons[5] and rejected[5]["line"] == '{"submission_id": "torn'
+    assert store.flush_queue() == 0
+
+
+def test_bad_lines_are_set_aside_even_while_the_database_is_down(tmp_path):
+    queue = tmp_path / "q.jsonl"
+    waiting = make_feedback(label=4)
+    queue.write_bytes(queued_line(true_label=17) + b"\n" + waiting.to_json().encode() + b"\n")
+    down = FeedbackStore(UNREACHABLE_URL, queue_file=queue)
+    with pytest.raises(OperationalError):
+        down.flush_queue()
+    assert [f.submission_id for f in down.queued()] == [waiting.submission_id]  # the good row waits
+    assert "label must be a digit" in down.rejected_file.read_text()
+
+
+def test_every_queued_field_is_checked_on_replay():
+    line = make_feedback().to_json()
+    assert Feedback.from_json(line) == Feedback.from_json(line.encode())
+    for changes, reason in [
+        ({"predicted": 3}, "predicted or strokes differ"),
+        ({"probabilities": [0.1] * 9 + [0.2]}, "sum to 1"),
+        ({"created_at": "2026-01-01T00:00:00"}, "time zone"),
+        ({"image": "!!!"}, "unreadable"),
+        ({"canvas_size": 10**9}, "canvas_size"),
+        ({"strokes": [[[1e9, 1]]]}, "far outside"),
+        ({"extra": 1}, "not a feedback row"),
+    ]:
+        with pytest.raises(FeedbackError, match=reason):
+            Feedback.from_json(queued_line(**changes))
+
+
+def test_a_store_failure_outside_the_database_queues_the_answer(tmp_path):
+    """An SQLite file whose migration lock cannot be opened (OSError): the answer is queued, then stored."""
+    database = tmp_path / "feedback.db"
+    lock = tmp_path / "feedback.db.migrate-lock"
+    lock.mkdir()  # opening it for writing fails as a read-only folder would (root ignores modes)
+    store = FeedbackStore(f"sqlite:///{database}", queue_file=tmp_path / "q.jsonl")
+    first = make_feedback(label=5)
+    result = store.submit(first)
+    assert result.status == "queued" and "kept on this server" in result.message
+    lock.rmdir()
+    assert store.submit(make_feedback(label=6)).replayed == 1
+    assert sorted(r["true_label"] for r in store.rows()) == [5, 6]
+
+
+def test_when_nothing_can_keep_the_answer_the_visitor_gets_a_clear_refusal(tmp_path):
+    queue = tmp_path / "queue-is-a-folder"
+    queue.mkdir()
+    store = FeedbackStore(UNREACHABLE_URL, queue_file=queue)
+    with pytest.raises(FeedbackError, match="try again later"):
+        store.submit(make_feedback())
+
+
+# --- timeouts and the migration lock on the real PostgreSQL -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def dashboard_role(own_postgres):
+    """Owner migrates and grants, as deploy does; returns (owner engine, dashboard URL)."""
+    admin = make_url(own_postgres.url)
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(admin.port), "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"]
+        + ["-v", "role=dashboard", "-v", "password=pw", "-v", "db=postgres", "-q"]
+        + ["-f", str(ROOT / "deploy/sql/dashboard-role.sql")],
+        check=True,
+        capture_output=True,
+    )
+    owner = create_engine(own_postgres.url)
+    migrations.upgrade(owner)
+    migrations.grant_to_dashboard(owner, "dashboard")
+    yield owner, admin.set(username="dashboard", password="pw").render_as_string(hide_password=False)
+    owner.dispose()
+
+
+@pytest.mark.slow
+def test_a_held_table_lock_sends_the_answer_to_the_queue(dashboard_role, tmp_path):
+    owner, url = dashboard_role
+    store = FeedbackStore(url, queue_file=tmp_path / "q.jsonl")
+    blocked = make_feedback(label=2)
+    with owner.connect() as holder:
+        holder.execute(text("LOCK TABLE prediction_logs IN ACCESS EXCLUSIVE MODE"))
+        # Without lock_timeout this submit would wait as long as the lock is held.
+        assert store.submit(blocked).status == "queued"
+        holder.rollback()
+    later = make_feedback(label=3)
+    assert store.submit(later).replayed == 1
+    assert {blocked.submission_id, later.submission_id} <= {r["submission_id"] for r in store.rows()}
+    with store.engine.connect() as c:
+        assert c.execute(text("SHOW lock_timeout")).scalar() == f"{config_lock_timeout()}s"
+        assert c.execute(text("SHOW statement_timeout")).scalar().endswith("s")
+    store.dispose()
+
+
+def config_lock_timeout() -> int:
+    from digitlib.store import LOCK_TIMEOUT_S
+
+    return LOCK_TIMEOUT_S
+
+
+@pytest.mark.slow
+def test_the_migration_lock_is_not_the_dashboards(dashboard_role, tmp_path):
+    owner, url = dashboard_role
+    store = FeedbackStore(url, queue_file=tmp_path / "q.jsonl")
+    with owner.connect() as holder:
+        # Whoever holds the old advisory key no longer holds up the dashboard: at head it takes no lock.
+        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": migrations.MIGRATION_LOCK_KEY})
+        assert store.submit(make_feedback()).status == "saved"
+        holder.execute(text("SELECT pg_advisory_unlock_all()"))
+        holder.commit()
+    # The migration lock on alembic_version needs rights the dashboard role lacks.
+    with pytest.raises(ProgrammingError, match="permission denied"), store.engine.begin() as c:
+        c.execute(text("LOCK TABLE alembic_version IN EXCLUSIVE MODE"))
+    # A schema behind head: the dashboard does not try to migrate, it queues and says why in the log.
+    migrations.downgrade(owner, "0001")
+    behind = FeedbackStore(url, queue_file=tmp_path / "q.jsonl")
+    with pytest.raises(migrations.MigrationError, match="make migrate"):
+        behind.ensure_schema()
+    assert behind.submit(make_feedback()).status == "queued"
+    assert migrations.current_revision(owner) == "0001"
+    store.dispose()
+    behind.dispose()
+    migrations.upgrade(owner)  # the owner can, and the queued answer then goes in
+    assert FeedbackStore(url, queue_file=tmp_path / "q.jsonl").flush_queue() == 1
+
+
+# --- relative SQLite URLs ----------------------------------------------------------------------
+
+
+def test_a_relative_sqlite_url_is_one_file_from_every_working_directory(tmp_path):
+    relative = os.path.relpath(tmp_path / "rel" / "x.db", ROOT)
+    url = f"sqlite:///{relative}"
+    assert resolve_database_url(url) == f"sqlite:///{tmp_path / 'rel' / 'x.db'}"
+    script = (
+        "from digitlib.store import FeedbackStore; import sys; "
+        "s = FeedbackStore(sys.argv[1], queue_file=sys.argv[2]); print(s.engine.url.database)"
+    )
+    seen = set()
+    for cwd in (ROOT, ROOT / "dashboards", tmp_path):  # the CLI, the dashboard's kernels, anywhere
+        done = subprocess.run(
+            [sys.executable, "-c", script, url, str(tmp_path / "q.jsonl")],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        seen.add(done.stdout.strip())
+    assert seen == {str(tmp_path / "rel" / "x.db")}
+    assert resolve_database_url("sqlite://") == "sqlite://"  # in memory stays in memory
+    assert resolve_database_url(f"sqlite:///{tmp_path}/a.db") == f"sqlite:///{tmp_path}/a.db"
+
+
+def test_readme_shows_the_default_database_as_the_absolute_path_it_is():
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `DATABASE_URL`"))
+    assert "sqlite:///data/feedback.db" not in row
+    assert config.DATABASE_URL.default.startswith(f"sqlite:///{ROOT}")
