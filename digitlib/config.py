@@ -72,7 +72,37 @@ SUBMIT_BURST = Setting(
     "DIGITLIB_SUBMIT_BURST", "5", "Answers one dashboard session may store in a quick burst before the rate applies."
 )
 
-SETTINGS = (MNIST_DIR, MODEL_DIR, DRAWINGS_FILE, DATABASE_URL, DEVICE, SUBMIT_RATE, SUBMIT_BURST)
+# The Voila server (digitlib/voila_guard.py), read when it starts.
+POOL_SIZE = Setting(
+    "DIGITLIB_POOL_SIZE", "2", "Preheated dashboard kernels kept ready (unset: voila.json's default_pool_size, 2)."
+)
+MAX_KERNELS = Setting(
+    "DIGITLIB_MAX_KERNELS", "40", "Visitor kernels the dashboard runs at once; beyond it a busy page (HTTP 503)."
+)
+MAX_KERNELS_PER_CLIENT = Setting(
+    "DIGITLIB_MAX_KERNELS_PER_CLIENT",
+    "10",
+    "Visitor kernels one client address may hold (a school behind one address: raise it).",
+)
+TRUSTED_PROXIES = Setting(
+    "DIGITLIB_TRUSTED_PROXIES",
+    "127.0.0.0/8,::1",
+    "Proxies (addresses or networks) whose X-Forwarded-For names the visitor, for the per-client cap.",
+)
+
+SETTINGS = (
+    MNIST_DIR,
+    MODEL_DIR,
+    DRAWINGS_FILE,
+    DATABASE_URL,
+    DEVICE,
+    SUBMIT_RATE,
+    SUBMIT_BURST,
+    POOL_SIZE,
+    MAX_KERNELS,
+    MAX_KERNELS_PER_CLIENT,
+    TRUSTED_PROXIES,
+)
 
 
 def mnist_search_dirs() -> list[Path]:
