@@ -188,23 +188,41 @@ def stored_rows(database_url: str) -> list[dict]:
     ]
 
 
-def check_answers(visits, rows: list[dict]) -> dict:
-    """Every answer stored exactly once: each visitor's saved answers are one session's rows, in order."""
-    by_session: dict[str, list] = {}
+def check_answers(visits, rows: list[dict], tolerance_px: float = 1.0) -> dict:
+    """Every answer stored exactly once: each visitor's saved answers are one session's rows, in order.
+
+    Answers are matched by label and first point (a browser maps page pixels to the canvas with
+    a sub-pixel offset, hence the tolerance); drawings differ between visitors.
+    """
+    sessions: dict[str, list] = {}
     for r in rows:
-        by_session.setdefault(r["session"], []).append((r["label"], round(r["first"][0], 1), round(r["first"][1], 1)))
-    stored = Counter(tuple(v) for v in by_session.values())
-    sent = Counter(
-        tuple((a[0], round(a[1], 1), round(a[2], 1)) for a in v.answers_sent[: v.answers_saved])
-        for v in visits
-        if v.answers_saved
-    )
+        sessions.setdefault(r["session"], []).append((r["label"], r["first"][0], r["first"][1]))
+    unmatched = list(sessions.values())
+
+    def same(sent, stored) -> bool:
+        return len(sent) == len(stored) and all(
+            a[0] == b[0] and abs(a[1] - b[1]) <= tolerance_px and abs(a[2] - b[2]) <= tolerance_px
+            for a, b in zip(sent, stored, strict=True)
+        )
+
+    matched = 0
+    for v in visits:
+        sent = v.saved
+        if not sent:
+            continue
+        hit = next((i for i, stored in enumerate(unmatched) if same(sent, stored)), None)
+        if hit is not None:
+            unmatched.pop(hit)
+            matched += 1
+    saved = sum(v.answers_saved for v in visits)
     return {
         "answers_sent": sum(len(v.answers_sent) for v in visits),
-        "answers_saved": sum(v.answers_saved for v in visits),
+        "answers_saved": saved,
         "rows_stored": len(rows),
         "distinct_submission_ids": len({r["submission"] for r in rows}),
-        "answers_stored_exactly_once": stored == sent and len(rows) == sum(v.answers_saved for v in visits),
+        "answers_stored_exactly_once": not unmatched
+        and matched == sum(1 for v in visits if v.answers_saved)
+        and len(rows) == saved,
     }
 
 
@@ -253,11 +271,31 @@ def pool_size(root: Path) -> int:
         return 1
 
 
-def run(args) -> dict:
+def drive_protocol(args, url: str, drawings: list[dict]) -> tuple[list, float]:
+    """The simulated visitors, one thread each, arriving at --rate; returns (visits, client CPU s)."""
+    me = psutil.Process()
+    cpu0 = sum(me.cpu_times()[:2])
+    outs: list[list] = []
+    threads = []
+    t0 = time.monotonic() + 0.5
+    for i in range(args.visitors):
+        mine = drawings[i * args.drawings : (i + 1) * args.drawings]
+        outs.append([])
+        th = threading.Thread(
+            target=visitor_run, args=(args, url, t0 + i / args.rate, mine, args.seed + i, outs[-1]), daemon=True
+        )
+        th.start()
+        threads.append(th)
+    for th in threads:
+        th.join()
+    return [o[0] for o in outs if o], sum(me.cpu_times()[:2]) - cpu0
+
+
+def run(args, drive=drive_protocol) -> dict:
+    """Start (or find) the server, let `drive` bring the visitors, and gather the figures."""
     database_url = args.database_url or f"sqlite:///{Path(tempfile.mkdtemp()) / 'crowd.db'}"
     drawings = load_drawings(args.drawings_file, args.visitors * args.drawings, args.seed)
     root = Path(args.server_root).resolve() if args.server_root else config.PROJ_ROOT
-    me = psutil.Process()
     with ExitStack() as stack:
         url, pid = stack.enter_context(server(args, database_url))
         monitor = TreeMonitor(pid, args.sample_s) if pid else None
@@ -270,54 +308,36 @@ def run(args) -> dict:
             monitor.sample()
             idle_rss = monitor.samples[-1][1]
             stack.enter_context(monitor)
-        client_cpu0 = sum(me.cpu_times()[:2])
-        visits: list = []
-        threads = []
-        t0 = time.monotonic() + 0.5
-        for i in range(args.visitors):
-            mine = drawings[i * args.drawings : (i + 1) * args.drawings]
-            out: list = []
-            visits.append(out)
-            th = threading.Thread(
-                target=visitor_run, args=(args, url, t0 + i / args.rate, mine, args.seed + i, out), daemon=True
-            )
-            th.start()
-            threads.append(th)
-        for th in threads:
-            th.join()
-        wall = time.monotonic() - t0
-        client_cpu = sum(me.cpu_times()[:2]) - client_cpu0
-    visits = [v[0] for v in visits if v]
+        started = time.monotonic()
+        visits, client_cpu = drive(args, url, drawings)
+        wall = time.monotonic() - started
     served = [v for v in visits if not v.error and v.answers_saved == args.drawings]
-    opens = [v.page_open_s for v in visits if v.page_open_s is not None]
+    opens = [v.page_open_s * 1000 for v in visits if v.page_open_s is not None]
     predict = [ms for v in visits for ms in v.predict_ms]
     save = [ms for v in visits for ms in v.save_ms]
     result = {
+        "client": drive.__name__.removeprefix("drive_"),
         "server": "url" if args.url else str(root),
         "visitors": args.visitors,
         "rate_per_s": args.rate,
         "think_s": list(args.think),
         "drawings_per_visitor": args.drawings,
         "served": len(served),
-        "errors": dict(
-            Counter(v.error.split(":")[0] + ": " + v.error.split(":", 1)[-1][:80] for v in visits if v.error)
-        ),
+        "errors": dict(Counter(v.error[:120] for v in visits if v.error)),
         "page_retries": sum(v.page_retries for v in visits),
-        "page_open_s": {
-            k: (round(x / 1000, 3) if x is not None else None)
-            for k, x in percentiles([o * 1000 for o in opens], (50, 95)).items()
-        },
+        "page_open_s": {k: None if x is None else round(x / 1000, 2) for k, x in percentiles(opens, (50, 95)).items()},
         "stroke_to_prediction_ms": percentiles(predict) | {"n": len(predict)},
         "click_to_saved_ms": percentiles(save, (50, 95)) | {"n": len(save)},
         "shutdown_statuses": dict(Counter(str(v.shutdown_status) for v in visits)),
         "refused_answers": dict(Counter(t[:60] for v in visits for t in v.refused)),
         "wall_s": round(wall, 1),
-        "client_cpu_s": round(client_cpu, 1),
+        "client_cpu_s": None if client_cpu is None else round(client_cpu, 1),
     }
-    try:
-        result |= check_answers(visits, stored_rows(database_url)) if (args.database_url or not args.url) else {}
-    except Exception as e:  # an unreadable store is reported, not fatal: the timings still stand
-        result["rows_error"] = f"{type(e).__name__}: {e}"
+    if args.database_url or not args.url:
+        try:
+            result |= check_answers(visits, stored_rows(database_url))
+        except Exception as e:  # an unreadable store is reported, not fatal: the timings still stand
+            result["rows_error"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
     if monitor:
         per_kernel = monitor.peak_kernels
         result |= {
@@ -334,13 +354,12 @@ def run(args) -> dict:
     return result
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--visitors", type=int, default=50)
+def add_arguments(parser: argparse.ArgumentParser, visitors: int = 50) -> None:
+    """The options this benchmark shares with the Chromium check (load_dashboard.py)."""
+    parser.add_argument("--visitors", type=int, default=visitors)
     parser.add_argument("--rate", type=float, default=1.0, help="visitors arriving per second")
     parser.add_argument("--think", default="2,3", help="think time range before each drawing, seconds: LO,HI")
     parser.add_argument("--drawings", type=int, default=5, help="digits drawn and answered per visitor")
-    parser.add_argument("--touch-every", type=int, default=3, help="every Nth drawing with touch events (0: none)")
     parser.add_argument("--url", default=None, help="a running server (default: start Voilà here)")
     parser.add_argument("--server-pid", type=int, default=None, help="with --url: its pid, for RSS and CPU")
     parser.add_argument("--server-root", default=None, help="start Voilà from this tree (e.g. a git worktree)")
@@ -348,15 +367,25 @@ def parse_args(argv=None):
     parser.add_argument("--database-url", default=None, help="feedback store (default: a temporary SQLite file)")
     parser.add_argument("--drawings-file", default=config.DRAWINGS_FILE.get())
     parser.add_argument("--timeout", type=float, default=60, help="seconds a visitor waits for any one answer")
-    parser.add_argument("--no-assets", action="store_true", help="skip the page's scripts and styles")
     parser.add_argument("--sample-s", type=float, default=1.0, help="RSS sampling interval")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one line of JSON")
-    args = parser.parse_args(argv)
+
+
+def check_arguments(parser: argparse.ArgumentParser, args) -> None:
     lo, _, hi = args.think.partition(",")
     args.think = (float(lo), float(hi or lo))
     if args.visitors < 1 or args.rate <= 0 or args.drawings < 1 or args.think[0] > args.think[1]:
         parser.error("need --visitors >= 1, --rate > 0, --drawings >= 1 and --think LO <= HI")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.add_argument("--touch-every", type=int, default=3, help="every Nth drawing with touch events (0: none)")
+    parser.add_argument("--no-assets", action="store_true", help="skip the page's scripts and styles")
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
     return args
 
 

@@ -1,13 +1,15 @@
-"""Many dashboard visitors at once: how many sessions the server holds and how fast it stays.
+"""The crowd benchmark's figures with real browsers: one headless Chromium context per visitor.
 
-Starts Voilà as `make dashboard` does (voila.json: preheated kernels, culling), then for each
-level opens that many headless-Chromium contexts at the same moment; each draws a digit,
-waits for the prediction, answers with a label and waits for "Saved", several times. Reports
-per level: sessions held (page interactive and every answer saved), page-open time, mouse-up
-to prediction and click to saved p50/p99, kernel memory per session (RSS and USS), rows in the
-database, and the first level where it breaks (a failure or a p99 over --max-p99-ms).
+The check that benchmarks/crowd.py's simulated visitors are faithful: the same arrivals
+(--rate), think time, pen-digit drawings (replayed at 60 Hz pointer moves), answers and
+report (crowd.run: visitors served, page open p50/p95/max, stroke end -> prediction
+p50/p95/p99/max, answers sent vs rows stored, RSS and CPU of the server tree), driven through
+Chromium instead. A browser costs a core of its own on a small machine, so keep counts low.
 
-    .venv/bin/python benchmarks/load_dashboard.py --model DIR [--levels 2,4,8] [--drawings 3] [--json]
+    .venv/bin/python benchmarks/load_dashboard.py [--visitors 3] [--rate 1] [--think 2,3] [--drawings 5] [--json]
+
+Page open here includes the browser loading the page's scripts; stroke end -> prediction is
+mouse-up to the answer buttons enabled (the last thing the kernel's prediction updates).
 """
 
 from __future__ import annotations
@@ -15,153 +17,118 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import tempfile
+import random
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import crowd  # noqa: E402
+from voila_client import Visit  # noqa: E402
 
-from digitlib import config
-from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
-from digitlib.store import FeedbackStore
+from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
-A_SEVEN = [(60, 50), (220, 50), (120, 240)]
 PAGE_TIMEOUT_MS = 180_000
-STEP_TIMEOUT_MS = 30_000
 CANVAS_READY = """() => { const c = document.querySelector('canvas.digit-canvas');
   return c && c.getContext('2d').getImageData(2, 2, 1, 1).data[3] === 255; }"""
-TEXT_MATCHES = """([sel, pat]) => { const e = document.querySelector(sel);
-  return e && new RegExp(pat).test(e.innerText.trim()); }"""
+ANSWERS_ENABLED = "(on) => { const b = document.querySelector('button.digit-correct'); return b && b.disabled !== on; }"
+# A stored answer clears the pad (the prompt returns) and says so in the status line, which may
+# repeat the previous answer's words; a refused one leaves the drawing and says why.
+ANSWERED = """() => { const text = (sel) => (document.querySelector(sel) || {innerText: ''}).innerText.trim();
+  const status = text('.digit-status');
+  return (text('.digit-prediction') === 'Draw a digit' && status !== '') || /Not saved|Too many/.test(status); }"""
+MOVE_S = 0.016  # one pointer event a frame, as the protocol client paces its moves
 
 
-def kernel_memory(server: subprocess.Popen) -> tuple[int, float, float]:
-    """(kernels, mean RSS MiB, mean USS MiB) of the server's kernel processes."""
-    kernels = [p for p in psutil.Process(server.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
-    if not kernels:
-        return 0, 0.0, 0.0
-    infos = [k.memory_full_info() for k in kernels]
-    return len(kernels), np.mean([i.rss for i in infos]) / 2**20, np.mean([i.uss for i in infos]) / 2**20
-
-
-async def wait_text(page, selector: str, pattern: str) -> None:
-    await page.wait_for_function(TEXT_MATCHES, arg=[selector, pattern], timeout=STEP_TIMEOUT_MS)
-
-
-async def draw(page, stroke) -> None:
-    box = await page.locator(".digit-canvas").bounding_box()
-    x, y = stroke[0]
+async def stroke(page, box, points, timeout_ms: float) -> float:
+    """Draw one stroke; ms from mouse-up to the prediction shown (the answer buttons enabled)."""
+    x, y = points[0]
     await page.mouse.move(box["x"] + x, box["y"] + y)
     await page.mouse.down()
-    for x, y in stroke[1:]:
-        await page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
+    for x, y in points[1:]:
+        await asyncio.sleep(MOVE_S)
+        await page.mouse.move(box["x"] + x, box["y"] + y)
+    # mouse-down disabled the answers; wait for that, so "enabled" below is this stroke's prediction
+    await page.wait_for_function(ANSWERS_ENABLED, arg=False, timeout=timeout_ms)
     await page.mouse.up()
+    ended = time.monotonic()
+    await page.wait_for_function(ANSWERS_ENABLED, arg=True, timeout=timeout_ms)
+    return (time.monotonic() - ended) * 1000
 
 
-async def visit(browser, url: str, drawings: int, hold: asyncio.Event, result: dict) -> None:
-    """One visitor: open, then draw-predict-answer `drawings` times; stays open until `hold` is set."""
+async def visit(browser, url: str, start_at: float, drawings, seed: int, args, result: Visit) -> None:
+    rng = random.Random(seed)
+    timeout_ms = args.timeout * 1000
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     context = await browser.new_context(viewport={"width": 1000, "height": 800})
     page = await context.new_page()
     try:
         started = time.monotonic()
         await page.goto(url, timeout=PAGE_TIMEOUT_MS)
         await page.wait_for_function(CANVAS_READY, timeout=PAGE_TIMEOUT_MS)
-        result["open_s"] = time.monotonic() - started
-        for _ in range(drawings):
-            started = time.monotonic()
-            await draw(page, A_SEVEN)
-            await wait_text(page, ".digit-prediction", r"^[0-9]$")
-            result["predict_ms"].append((time.monotonic() - started) * 1000)
-            started = time.monotonic()
-            await page.locator(".digit-label-7").click()
-            await wait_text(page, ".digit-status", "Saved")
-            result["save_ms"].append((time.monotonic() - started) * 1000)
-            await wait_text(page, ".digit-prediction", "Draw a digit")
-        result["held"] = True
-        await hold.wait()
+        result.page_open_s = time.monotonic() - started
+        box = await page.locator(".digit-canvas").bounding_box()
+        for drawing in drawings:
+            await asyncio.sleep(rng.uniform(*args.think))
+            for points in drawing["strokes"]:
+                result.predict_ms.append(await stroke(page, box, points, timeout_ms))
+            label, (x, y) = drawing["label"], drawing["strokes"][0][0]
+            answer = (label, float(x), float(y))
+            result.answers_sent.append(answer)
+            clicked = time.monotonic()
+            await page.locator(f".digit-label-{label}").click(timeout=timeout_ms)
+            await page.wait_for_function(ANSWERED, timeout=timeout_ms)
+            status = (await page.locator(".digit-status").inner_text()).strip()
+            if "Saved" not in status:
+                result.refused.append(status)
+                continue
+            result.save_ms.append((time.monotonic() - clicked) * 1000)
+            result.saved.append(answer)
     except Exception as e:  # a timeout or a dead page is what this benchmark measures
-        result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        result.error = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     finally:
-        result["context"] = context
-
-
-async def run_level(browser, url: str, sessions: int, drawings: int, server) -> dict:
-    hold = asyncio.Event()
-    results = [{"predict_ms": [], "save_ms": [], "held": False} for _ in range(sessions)]
-    tasks = [asyncio.create_task(visit(browser, url, drawings, hold, r)) for r in results]
-    while not all(r["held"] or "error" in r for r in results):
+        await page.close(run_before_unload=True)  # a visitor leaving: the page's shutdown beacon
         await asyncio.sleep(0.5)
-    kernels, rss, uss = kernel_memory(server)  # every session open at once
-    hold.set()
-    await asyncio.gather(*tasks)
-    for r in results:
-        await r.pop("context").close()
-    predict = [ms for r in results for ms in r["predict_ms"]]
-    save = [ms for r in results for ms in r["save_ms"]]
-    return {
-        "sessions": sessions,
-        "held": sum(r["held"] for r in results),
-        "errors": [r["error"] for r in results if "error" in r],
-        "open_s_median": float(np.median([r["open_s"] for r in results if "open_s" in r] or [np.nan])),
-        "open_s_max": float(max([r["open_s"] for r in results if "open_s" in r] or [np.nan])),
-        "predict_ms_p50": float(np.percentile(predict, 50)) if predict else None,
-        "predict_ms_p99": float(np.percentile(predict, 99)) if predict else None,
-        "save_ms_p50": float(np.percentile(save, 50)) if save else None,
-        "save_ms_p99": float(np.percentile(save, 99)) if save else None,
-        "answers_saved": len(save),
-        "kernels_alive": kernels,
-        "kernel_rss_mib": round(rss),
-        "kernel_uss_mib": round(uss),
-    }
+        await context.close()
 
 
-async def run(args, url: str, server) -> list[dict]:
+async def crowd_in_chromium(args, url: str, drawings) -> tuple[list[Visit], None]:
     from playwright.async_api import async_playwright
 
-    levels = []
+    results = [Visit() for _ in range(args.visitors)]
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        for sessions in args.levels:
-            level = await run_level(browser, url, sessions, args.drawings, server)
-            levels.append(level)
-            print(json.dumps(level), flush=True)
-            if level["errors"] or (level["predict_ms_p99"] or 0) > args.max_p99_ms:
-                break  # where it breaks
+        t0 = time.monotonic() + 0.5
+        await asyncio.gather(
+            *(
+                visit(
+                    browser,
+                    url,
+                    t0 + i / args.rate,
+                    drawings[i * args.drawings : (i + 1) * args.drawings],
+                    args.seed + i,
+                    args,
+                    r,
+                )
+                for i, r in enumerate(results)
+            )
+        )
         await browser.close()
-    return levels
+    return results, None  # Chromium's renderers come and go with the contexts: not counted
 
 
-def main() -> None:
+def drive_chromium(args, url: str, drawings) -> tuple[list[Visit], None]:
+    return asyncio.run(crowd_in_chromium(args, url, drawings))
+
+
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model directory (default: DIGITLIB_MODEL)")
-    parser.add_argument("--levels", default="2,4,8", help="concurrent sessions per round, comma-separated")
-    parser.add_argument("--drawings", type=int, default=3, help="drawings answered per session (burst allows 5)")
-    parser.add_argument("--max-p99-ms", type=float, default=2000, help="a level with a slower p99 prediction breaks")
-    parser.add_argument("--database-url", default=None, help="feedback store (default: a temporary SQLite file)")
-    parser.add_argument("--json", action="store_true", help="last line: all levels as JSON")
-    args = parser.parse_args()
-    args.levels = [int(n) for n in args.levels.split(",")]
-
-    database_url = args.database_url or f"sqlite:///{Path(tempfile.mkdtemp()) / 'load.db'}"
-    env = {**os.environ, config.DATABASE_URL.name: database_url}
-    if args.model:
-        env[config.MODEL_DIR.name] = args.model
-    with running_voila(env) as (port, server):
-        levels = asyncio.run(run(args, f"http://127.0.0.1:{port}/", server))
-    store = FeedbackStore(database_url)
-    summary = {
-        "levels": levels,
-        "rows_stored": store.count(),
-        "answers_saved": sum(lv["answers_saved"] for lv in levels),
-    }
-    store.dispose()
-    breaking = next(
-        (lv["sessions"] for lv in levels if lv["errors"] or (lv["predict_ms_p99"] or 0) > args.max_p99_ms), None
-    )
-    summary["breaks_at_sessions"] = breaking
-    print(json.dumps(summary) if args.json else json.dumps(summary, indent=1))
+    crowd.add_arguments(parser, visitors=3)
+    args = parser.parse_args(argv)
+    crowd.check_arguments(parser, args)
+    result = crowd.run(args, drive=drive_chromium)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

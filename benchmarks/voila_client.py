@@ -97,11 +97,15 @@ class Visit:
     predict_ms: list[float] = field(default_factory=list)
     save_ms: list[float] = field(default_factory=list)
     answers_sent: list[tuple[int, float, float]] = field(default_factory=list)
-    answers_saved: int = 0
+    saved: list[tuple[int, float, float]] = field(default_factory=list)  # the answers that said "Saved"
     refused: list[str] = field(default_factory=list)  # status lines that were not "Saved"
     shutdown_status: int | None = None
     kernel_id: str = ""
     error: str = ""
+
+    @property
+    def answers_saved(self) -> int:
+        return len(self.saved)
 
 
 class Visitor:
@@ -313,7 +317,7 @@ class Visitor:
             self.visit.refused.append(text or "no answer")
             return False
         self.visit.save_ms.append((cleared - clicked) * 1000)
-        self.visit.answers_saved += 1
+        self.visit.saved.append(self.visit.answers_sent[-1])
         return True
 
     def close(self) -> None:

@@ -59,7 +59,7 @@ def test_a_page_without_the_canvas_says_what_it_shows():
 
 
 def visit(*answers):
-    return SimpleNamespace(answers_sent=list(answers), answers_saved=len(answers))
+    return SimpleNamespace(answers_sent=list(answers), saved=list(answers), answers_saved=len(answers))
 
 
 def rows(session, *answers):
@@ -74,6 +74,11 @@ def test_answer_check_finds_a_lost_a_repeated_and_a_misfiled_answer():
     assert not lost["answers_stored_exactly_once"] and (lost["answers_saved"], lost["rows_stored"]) == (3, 2)
     assert not crowd.check_answers(visits, rows("s1", a, b, b) + rows("s2", c))["answers_stored_exactly_once"]
     assert not crowd.check_answers(visits, rows("s1", a) + rows("s2", b, c))["answers_stored_exactly_once"]
+    # a browser's sub-pixel canvas offset still matches; another drawing's first point does not
+    assert crowd.check_answers(visits, rows("s1", (7, 10.4, 19.6), b) + rows("s2", c))["answers_stored_exactly_once"]
+    assert not crowd.check_answers(visits, rows("s1", (7, 12.0, 20.0), b) + rows("s2", c))[
+        "answers_stored_exactly_once"
+    ]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
