@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,9 +60,11 @@ def load_drawings(path: str | Path, count: int, seed: int) -> list[dict]:
 class TreeMonitor:
     """Samples the server's process tree: RSS of it all and of each kernel; its CPU over the run."""
 
-    def __init__(self, pid: int, interval_s: float = 1.0):
+    def __init__(self, pid: int, interval_s: float = 1.0, limit_bytes: float = float("inf"), own: bool = False):
         self.root = psutil.Process(pid)
-        self.interval_s = interval_s
+        self.interval_s, self.limit_bytes, self.own = interval_s, limit_bytes, own
+        self.limit_hit = threading.Event()  # the tree passed --max-rss-gib: arrivals stop
+        self.limit_hit_at: tuple[float, int, int] | None = None  # (t, RSS, kernels)
         self.peak_total = 0
         self.peak_kernels: list[int] = []  # per-kernel RSS when the tree peaked
         self.max_kernels = 0
@@ -101,6 +104,12 @@ class TreeMonitor:
         self.max_kernels = max(self.max_kernels, len(kernels))
         if rss > self.peak_total:
             self.peak_total, self.peak_kernels = rss, kernels
+        if rss > self.limit_bytes and not self.limit_hit.is_set():
+            # Guard for a shared machine: a server that would take it all down is stopped here.
+            self.limit_hit_at = self.samples[-1]
+            self.limit_hit.set()
+            if self.own:
+                os.killpg(self.root.pid, signal.SIGTERM)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -150,11 +159,14 @@ def percentiles(values, qs=(50, 95, 99)) -> dict:
     return {f"p{q}": round(float(np.percentile(values, q)), 1) for q in qs} | {"max": round(float(max(values)), 1)}
 
 
-def visitor_run(args, url: str, start_at: float, drawings: list[dict], seed: int, visit_out: list) -> None:
+def visitor_run(args, url: str, start_at: float, drawings: list[dict], seed: int, visit_out: list, stop) -> None:
     rng = random.Random(seed)
     time.sleep(max(0.0, start_at - time.monotonic()))
     visitor = Visitor(url, timeout=args.timeout, fetch_assets=not args.no_assets)
     visit_out.append(visitor.visit)
+    if stop.is_set():
+        visitor.visit.error = "not started: the server passed --max-rss-gib"
+        return
     try:
         visitor.open()
         for i, drawing in enumerate(drawings):
@@ -271,7 +283,7 @@ def pool_size(root: Path) -> int:
         return 1
 
 
-def drive_protocol(args, url: str, drawings: list[dict]) -> tuple[list, float]:
+def drive_protocol(args, url: str, drawings: list[dict], stop: threading.Event) -> tuple[list, float]:
     """The simulated visitors, one thread each, arriving at --rate; returns (visits, client CPU s)."""
     me = psutil.Process()
     cpu0 = sum(me.cpu_times()[:2])
@@ -282,7 +294,7 @@ def drive_protocol(args, url: str, drawings: list[dict]) -> tuple[list, float]:
         mine = drawings[i * args.drawings : (i + 1) * args.drawings]
         outs.append([])
         th = threading.Thread(
-            target=visitor_run, args=(args, url, t0 + i / args.rate, mine, args.seed + i, outs[-1]), daemon=True
+            target=visitor_run, args=(args, url, t0 + i / args.rate, mine, args.seed + i, outs[-1], stop), daemon=True
         )
         th.start()
         threads.append(th)
@@ -298,7 +310,8 @@ def run(args, drive=drive_protocol) -> dict:
     root = Path(args.server_root).resolve() if args.server_root else config.PROJ_ROOT
     with ExitStack() as stack:
         url, pid = stack.enter_context(server(args, database_url))
-        monitor = TreeMonitor(pid, args.sample_s) if pid else None
+        limit = args.max_rss_gib * 2**30
+        monitor = TreeMonitor(pid, args.sample_s, limit, own=not args.url) if pid else None
         start_cpu = []
         if monitor and not args.url:
             preheated = int(os.environ.get("DIGITLIB_POOL_SIZE", pool_size(root)))
@@ -309,7 +322,7 @@ def run(args, drive=drive_protocol) -> dict:
             idle_rss = monitor.samples[-1][1]
             stack.enter_context(monitor)
         started = time.monotonic()
-        visits, client_cpu = drive(args, url, drawings)
+        visits, client_cpu = drive(args, url, drawings, monitor.limit_hit if monitor else threading.Event())
         wall = time.monotonic() - started
     served = [v for v in visits if not v.error and v.answers_saved == args.drawings]
     opens = [v.page_open_s * 1000 for v in visits if v.page_open_s is not None]
@@ -350,6 +363,13 @@ def run(args, drive=drive_protocol) -> dict:
             "server_cpu_s": round(monitor.cpu_total, 1),
             "kernel_start_cpu_s": round(float(np.median(start_cpu)), 2) if start_cpu else None,
         }
+        if monitor.limit_hit_at:
+            t, rss, kernels = monitor.limit_hit_at
+            result["stopped_over_rss"] = {
+                "after_s": round(t - started, 1),
+                "rss_mib": round(rss / MIB),
+                "kernels": kernels,
+            }
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
@@ -368,6 +388,9 @@ def add_arguments(parser: argparse.ArgumentParser, visitors: int = 50) -> None:
     parser.add_argument("--drawings-file", default=config.DRAWINGS_FILE.get())
     parser.add_argument("--timeout", type=float, default=60, help="seconds a visitor waits for any one answer")
     parser.add_argument("--sample-s", type=float, default=1.0, help="RSS sampling interval")
+    parser.add_argument(
+        "--max-rss-gib", type=float, default=12, help="stop the server when its tree's RSS passes this (shared machine)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one line of JSON")
 

@@ -117,7 +117,7 @@ async def crowd_in_chromium(args, url: str, drawings) -> tuple[list[Visit], None
     return results, None  # Chromium's renderers come and go with the contexts: not counted
 
 
-def drive_chromium(args, url: str, drawings) -> tuple[list[Visit], None]:
+def drive_chromium(args, url: str, drawings, stop) -> tuple[list[Visit], None]:
     return asyncio.run(crowd_in_chromium(args, url, drawings))
 
 

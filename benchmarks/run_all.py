@@ -27,6 +27,7 @@ BENCHMARKS = {
     "drawn_digits": ["--json"],
     "dashboard_latency": ["--json"],
     "feedback_writes": ["--json"],
+    "crowd": ["--json"],
 }
 
 
@@ -85,7 +86,47 @@ def figures_of(name: str, result: dict) -> list[tuple[str, object]]:
             ("feedback rows written per second, PostgreSQL", result["postgres_rows_per_second"]),
             ("feedback rows written per second, SQLite", result["sqlite_rows_per_second"]),
         ]
+    if name == "crowd":
+        return crowd_figures(result)
     return [(k, v) for k, v in result.items() if not isinstance(v, dict | list)]
+
+
+def crowd_figures(result: dict) -> list[tuple[str, object]]:
+    """One crowd run (protocol-level visitors, or Chromium from load_dashboard.py) as report rows."""
+    who = "simulated" if result["client"] == "protocol" else "Chromium"
+    think = "-".join(f"{t:g}" for t in result["think_s"])
+    label = (
+        f"{result['visitors']} {who} visitors, {result['rate_per_s']:g}/s,"
+        f" {result['drawings_per_visitor']} digits each, {think} s think"
+    )
+    page, stroke = result["page_open_s"], result["stroke_to_prediction_ms"]
+    rows = [
+        (f"{label}: served", f"{result['served']}/{result['visitors']}"),
+        (f"{label}: page open p50 / p95 / max", f"{page['p50']} / {page['p95']} / {page['max']} s"),
+        (
+            f"{label}: stroke end to prediction p50 / p95 / p99 / max",
+            f"{stroke['p50']} / {stroke['p95']} / {stroke['p99']} / {stroke['max']} ms",
+        ),
+    ]
+    if "rows_stored" in result:
+        once = "each once" if result["answers_stored_exactly_once"] else "NOT each once"
+        rows.append(
+            (f"{label}: answers saved / rows stored", f"{result['answers_saved']} / {result['rows_stored']}, {once}")
+        )
+    if "peak_rss_total_mib" in result:
+        rows += [
+            (
+                f"{label}: server + kernels peak RSS",
+                f"{result['peak_rss_total_mib']} MiB ({result['kernels_at_peak']} kernels)",
+            ),
+            (
+                f"{label}: kernel RSS mean / max",
+                f"{result['kernel_rss_mib_mean']} / {result['kernel_rss_mib_max']} MiB",
+            ),
+            (f"{label}: server tree CPU (user+sys)", f"{result['server_cpu_s']} s over {result['wall_s']} s"),
+            ("dashboard kernel start CPU (preheated, notebook run)", f"{result['kernel_start_cpu_s']} s"),
+        ]
+    return rows
 
 
 def _seconds(value) -> str:

@@ -82,3 +82,26 @@ def test_dashboard_latency_json_becomes_report_rows():
     rows = dict(run_all.figures_of("dashboard_latency", report))
     assert rows["strokes to probabilities p50 (1 thread)"] == f"{report['python']['p50_ms']:.2f} ms"
     assert not any("Chromium" in figure for figure in rows)  # no browser run, no browser rows
+
+
+def test_crowd_json_becomes_report_rows():
+    report = {
+        "client": "protocol",
+        "visitors": 50,
+        "rate_per_s": 1.0,
+        "think_s": [2.0, 3.0],
+        "drawings_per_visitor": 5,
+        "served": 48,
+        "page_open_s": {"p50": 0.4, "p95": 2.5, "max": 3.1},
+        "stroke_to_prediction_ms": {"p50": 40.0, "p95": 120.0, "p99": 200.0, "max": 300.0, "n": 500},
+        "answers_saved": 240,
+        "rows_stored": 241,
+        "answers_stored_exactly_once": False,
+    }
+    rows = dict(run_all.figures_of("crowd", report))
+    label = "50 simulated visitors, 1/s, 5 digits each, 2-3 s think"
+    assert rows[f"{label}: served"] == "48/50"
+    assert rows[f"{label}: stroke end to prediction p50 / p95 / p99 / max"] == "40.0 / 120.0 / 200.0 / 300.0 ms"
+    assert rows[f"{label}: answers saved / rows stored"] == "240 / 241, NOT each once"
+    assert not any("RSS" in figure for figure in rows)  # a server at --url without its pid: no memory rows
+    assert "crowd" in run_all.BENCHMARKS

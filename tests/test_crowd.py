@@ -22,14 +22,15 @@ sys.path.insert(0, str(BENCH))
 import voila_client  # noqa: E402
 
 
-def load_crowd():
-    spec = importlib.util.spec_from_file_location("crowd", BENCH / "crowd.py")
+def load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-crowd = load_crowd()
+crowd = load_benchmark("crowd")
+run_all = load_benchmark("run_all")
 HEADER = {"msg_id": "m1", "msg_type": "comm_msg", "session": "s", "username": "", "version": "5.2", "date": "d"}
 CONTENT = {"comm_id": "c1", "data": {"method": "custom", "content": {"event": "mouse_up", "x": 1.5, "y": 2}}}
 
@@ -128,3 +129,5 @@ def test_ten_visitors_are_all_served_and_every_answer_stored_once(database_url):
     strokes = report["stroke_to_prediction_ms"]
     assert strokes["n"] >= 30 and 0 < strokes["p50"] <= strokes["p95"] <= strokes["max"]
     assert report["kernel_rss_mib_mean"] > 0 and report["server_cpu_s"] > 0 and report["kernel_start_cpu_s"] > 0
+    rows = dict(run_all.figures_of("crowd", report))
+    assert rows["10 simulated visitors, 2/s, 3 digits each, 0.2-0.5 s think: served"] == "10/10"
