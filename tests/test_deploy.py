@@ -465,3 +465,70 @@ def test_make_up_checks_the_env_file_before_compose(tmp_path):
         timeout=30,
     )
     assert done.returncode != 0 and "LAB_TOKEN still holds the .env.example placeholder" in done.stderr
+
+
+# --- the Caddyfile run by caddy itself, in front of a stand-in replica ----------------------------
+
+
+@pytest.mark.slow
+def test_caddy_forwards_the_visitors_address_and_pins_it_to_a_replica(tmp_path):
+    """A spoofed X-Forwarded-For never reaches a replica as the last hop: the kernel caps trust that."""
+    import threading
+    import time
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from digitlib.dashboard_server import free_port
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    replica = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=replica.serve_forever, daemon=True).start()
+    upstream = f"127.0.0.1:{replica.server_address[1]}"
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "SITE_ADDRESS": f"http://127.0.0.1:{port}",
+        "LAB_ADDRESS": f"http://127.0.0.1:{free_port()}",
+        "CADDY_ADMIN": f"127.0.0.1:{free_port()}",
+        "DASHBOARD_UPSTREAMS": upstream,
+    }
+    caddy_json(env)  # fails clearly without caddy
+    caddy = subprocess.Popen(
+        ["caddy", "run", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{HEALTH_URI}", headers={"X-Forwarded-For": "6.6.6.6"})
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    seen, headers = json.load(response), response.headers
+                break
+            except OSError:
+                assert time.monotonic() < deadline and caddy.poll() is None, "caddy did not answer"
+                time.sleep(0.2)
+    finally:
+        caddy.terminate()
+        caddy.wait(timeout=10)
+        replica.shutdown()
+    assert seen["x-forwarded-for"].split(",")[-1].strip() == "127.0.0.1"  # the visitor, as Caddy saw it
+    assert seen["x-forwarded-proto"] == "http" and seen["host"] == f"127.0.0.1:{port}"
+    assert headers["X-Digitlab-Replica"] == upstream
+    assert headers["Set-Cookie"].startswith("digitlab_replica=")  # sticky from the first answer
