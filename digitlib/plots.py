@@ -14,12 +14,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from digitlib.dataset import Digits
 from digitlib.modeling.predict import Evaluation
 
 DIGITS = list(range(10))
+
+
+def _zoomed(label: str, low: float) -> str:
+    """An axis label that says when the axis does not start at 0."""
+    return f"{label} (zoomed: axis from {low:.0%})" if low > 0 else label
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -81,17 +88,23 @@ def training_curves(history: list[dict]) -> Figure:
 
 
 def confusion_matrix_heatmap(confusion: torch.Tensor | np.ndarray, title: str = "Confusion matrix") -> Figure:
-    """Counts with rows = truth and columns = prediction; colour on a log scale so errors show."""
+    """Counts with rows = truth and columns = prediction; colour on a log scale so errors show.
+
+    Name the data set in `title` (e.g. "MNIST test set: confusion matrix").
+    """
     counts = np.asarray(confusion)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    image = ax.imshow(np.log1p(counts), cmap="Blues")
-    threshold = np.log1p(counts).max() / 2
+    # Linear below 1, logarithmic above: zeros stay white and the colour bar reads in counts.
+    norm = SymLogNorm(linthresh=1, vmin=0, vmax=max(int(counts.max()), 10))
+    image = ax.imshow(counts, cmap="Blues", norm=norm)
     for (row, col), value in np.ndenumerate(counts):
         if value:
-            colour = "white" if np.log1p(value) > threshold else "black"
+            colour = "white" if norm(value) > 0.5 else "black"
             ax.text(col, row, str(value), ha="center", va="center", fontsize=7, color=colour)
-    ax.set(xticks=DIGITS, yticks=DIGITS, xlabel="predicted", ylabel="true", title=title)
-    fig.colorbar(image, ax=ax, label="log(1 + count)")
+    ax.set(xticks=DIGITS, yticks=DIGITS, xlabel="predicted digit", ylabel="true digit", title=title)
+    bar = fig.colorbar(image, ax=ax, label="images (log scale)")
+    bar.set_ticks([t for t in (0, 1, 10, 100, 1000, 10_000, 100_000) if t <= norm.vmax])
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     fig.tight_layout()
     return fig
 
@@ -105,7 +118,7 @@ def per_class_accuracy_bars(per_class: Sequence[float | None], title: str = "Acc
     finite = [v for v in values if not np.isnan(v)]
     # Zoom in on the range where the bars differ; a full 0-1 axis hides a 1% gap.
     low = max(0.0, min(finite, default=0.0) - 0.05)
-    ax.set(ylim=(low, 1.0), xlabel="digit", ylabel="accuracy", title=title)
+    ax.set(ylim=(low, 1.0), xlabel="digit", ylabel=_zoomed("accuracy", low), title=title)
     fig.tight_layout()
     return fig
 
@@ -152,33 +165,66 @@ def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int 
     return frame
 
 
-def reliability_diagram(calibration: pd.DataFrame) -> Figure:
-    """Accuracy against confidence per bin (from `reliability_bins`); the diagonal is perfect."""
+RELIABILITY_NOTE = (
+    "Above the diagonal: right more often than its confidence says (under-confident); below: over-confident.\n"
+    "ECE, expected calibration error: the gap |accuracy - mean confidence| of each bin,\n"
+    "averaged over the bins weighted by their share of the images (0 = confidence means what it says)."
+)
+
+
+def reliability_diagram(calibration: pd.DataFrame, title: str = "Reliability") -> Figure:
+    """Accuracy against confidence per bin (from `reliability_bins`); the diagonal is perfect.
+
+    Name the data set in `title`; the figure explains the diagonal and defines ECE underneath.
+    """
     frame = calibration
-    fig, (ax, count_ax) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, count_ax) = plt.subplots(2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     width = frame["high"].iloc[0] - frame["low"].iloc[0]
-    ax.bar(frame["low"], frame["accuracy"], width=width, align="edge", edgecolor="black", label="accuracy")
-    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.plot(frame["confidence"], frame["accuracy"], "o", color="tab:red", label="mean confidence of bin")
-    ax.set(ylim=(0, 1), ylabel="accuracy", title=f"Reliability (ECE {frame.attrs['ece']:.2%})")
+    ax.bar(frame["low"], frame["accuracy"], width=width, align="edge", edgecolor="black", label="accuracy of the bin")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration (accuracy = confidence)")
+    # Each dot sits at the bin's accuracy (height) and mean confidence (across): its gap to the
+    # diagonal is the bin's calibration error.
+    ax.plot(frame["confidence"], frame["accuracy"], "o", color="tab:red", label="bin at its mean confidence")
+    ax.set(ylim=(0, 1.05), ylabel="accuracy", title=f"{title} (ECE {frame.attrs['ece']:.2%})")
     ax.legend(loc="upper left", fontsize=8)
     count_ax.bar(frame["low"], frame["count"], width=width, align="edge", color="gray")
-    count_ax.set(yscale="log", xlabel="confidence", ylabel="images", xlim=(0, 1))
-    fig.tight_layout()
+    filled = frame["count"][frame["count"] > 0]
+    # Log scale when the counts span decades (most images sit in the top bin), else plain.
+    scale = "log" if len(filled) and filled.max() >= 10 * filled.min() else "linear"
+    count_ax.set(yscale=scale, xlabel="confidence (probability of the predicted digit)", ylabel="images", xlim=(0, 1))
+    count_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    count_ax.yaxis.set_minor_formatter(NullFormatter())
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.text(0.02, 0.01, RELIABILITY_NOTE, fontsize=7.5, va="bottom", ha="left")
     return fig
 
 
-def per_site_accuracy_bars(per_source: dict[str, dict], overall: float | None = None) -> Figure:
-    """Accuracy on drawn digits per contributing site, with each site's count."""
+def per_site_accuracy_bars(
+    per_source: dict[str, dict],
+    overall: float | None = None,
+    writers: dict[str, int] | None = None,
+    dataset: str = "UNIPEN pen digits",
+) -> Figure:
+    """Accuracy on drawn digits per site, with each site's digits (and writers when given).
+
+    A site is an institution that contributed its writers' digits to UNIPEN (apa, app, ...).
+    """
     sites = list(per_source)
     accuracy = [per_source[s]["accuracy"] for s in sites]
-    fig, ax = plt.subplots(figsize=(max(5, 1 + 0.9 * len(sites)), 3.8))
+    fig, ax = plt.subplots(figsize=(max(6, 1 + 1.1 * len(sites)), 4.2))
     bars = ax.bar(sites, accuracy, color="tab:green")
-    ax.bar_label(bars, labels=[f"{a:.1%}\nn={per_source[s]['n']}" for s, a in zip(sites, accuracy, strict=True)])
+    labels = []
+    for site, value in zip(sites, accuracy, strict=True):
+        who = f"\n{writers[site]} writers" if writers and site in writers else ""
+        labels.append(f"{value:.1%}\n{per_source[site]['n']:,} digits{who}")
+    # Inside the bars, half-way up: clear of the dashed mean line near their tops.
+    ax.bar_label(bars, labels=labels, label_type="center", color="white", fontsize=8, fontweight="bold")
+    title = f"{dataset}: accuracy per contributing site"
     if overall is not None:
         ax.axhline(overall, linestyle="--", color="gray", label=f"all sites {overall:.1%}")
-        ax.legend(loc="lower right")
-    ax.set(ylim=(0, 1.15), xlabel="site", ylabel="accuracy", title="Accuracy on drawn digits per site")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set(ylim=(0, 1.12), ylabel="accuracy", title=title)
+    ax.set_xlabel("site: an institution that contributed its writers' digits to UNIPEN", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -211,7 +257,7 @@ def sweep_comparison(table: pd.DataFrame, metric: str = "val_accuracy") -> Figur
     ax.bar_label(bars, labels=[f"{v:.2%}" if good else "" for v, good in zip(values, ok, strict=True)])
     # Zoom in on the range where runs differ: most sweeps compare accuracies within a few percent.
     low = max(0.0, values.min() - 0.05) if values.notna().any() else 0.0
-    ax.set(ylim=(low, 1.0 + (1.0 - low) * 0.08), ylabel=metric, title=f"Sweep comparison: {metric}")
+    ax.set(ylim=(low, 1.0 + (1.0 - low) * 0.08), ylabel=_zoomed(metric, low), title=f"Sweep comparison: {metric}")
     ax.set_xticks(range(len(runs)), labels, fontsize=8)
     for x, good in enumerate(ok):
         if not good:

@@ -84,7 +84,7 @@ def test_confusion_heatmap_writes_every_nonzero_count():
     fig = plots.confusion_matrix_heatmap(cm)
     texts = {t.get_text() for t in fig.axes[0].texts}
     assert texts == {"97", "2", "1"}
-    assert fig.axes[0].get_xlabel() == "predicted"
+    assert fig.axes[0].get_xlabel() == "predicted digit"
 
 
 def test_per_class_bars_label_accuracy_and_leave_missing_classes_empty():
@@ -143,7 +143,7 @@ def test_per_site_bars_show_accuracy_count_and_overall_line():
     fig = plots.per_site_accuracy_bars({"apa": {"accuracy": 0.5, "n": 4}, "ced": {"accuracy": 1.0, "n": 2}}, 2 / 3)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["apa", "ced"]
-    assert [t.get_text() for t in ax.texts] == ["50.0%\nn=4", "100.0%\nn=2"]
+    assert [t.get_text() for t in ax.texts] == ["50.0%\n4 digits", "100.0%\n2 digits"]
     assert ax.get_legend().get_texts()[0].get_text() == "all sites 66.7%"
 
 
@@ -172,3 +172,51 @@ def test_sweep_comparison_of_failed_runs_only_still_draws():
     fig = plots.sweep_comparison(pd.DataFrame({"run_name": ["a"], "status": ["failed"], "val_accuracy": [None]}))
     assert [t.get_text() for t in fig.axes[0].texts if t.get_text()] == ["failed"]
     assert fig.axes[0].get_ylim()[0] == 0.0
+
+
+# --- figures that explain themselves -------------------------------------------------------------
+
+
+def test_reliability_diagram_defines_ece_and_the_sides_of_the_diagonal():
+    bins = plots.reliability_bins(torch.tensor([0.95, 0.95, 0.55, 0.55]), torch.tensor([True, True, True, False]))
+    fig = plots.reliability_diagram(bins, "MNIST test set: reliability")
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("MNIST test set: reliability (ECE")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    # The red dots sit at the bin's accuracy, across at its mean confidence.
+    assert "bin at its mean confidence" in labels and "accuracy of the bin" in labels
+    (dots,) = [line for line in ax.lines if line.get_color() == "tab:red"]
+    assert list(dots.get_ydata()[~pd.isna(dots.get_ydata())]) == pytest.approx([0.5, 1.0])
+    note = " ".join(t.get_text() for t in fig.texts)
+    assert "ECE, expected calibration error" in note
+    assert "Above the diagonal" in note and "under-confident" in note and "over-confident" in note
+
+
+def test_confusion_matrix_colour_bar_reads_in_counts():
+    counts = torch.diag(torch.tensor([980, 1130, 1020, 1000, 980, 890, 950, 1020, 970, 1000]))
+    counts[4, 9] = 7
+    fig = plots.confusion_matrix_heatmap(counts, "MNIST test set: confusion matrix")
+    bar = fig.axes[1]
+    assert bar.get_ylabel() == "images (log scale)"
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["0", "1", "10", "100", "1,000"]
+    assert fig.axes[0].get_title() == "MNIST test set: confusion matrix"
+
+
+def test_per_site_bars_say_what_a_site_is_and_keep_labels_clear_of_the_mean_line():
+    per_source = {"apa": {"accuracy": 0.98, "n": 692}, "imp": {"accuracy": 1.0, "n": 257}}
+    fig = plots.per_site_accuracy_bars(per_source, overall=0.985, writers={"apa": 12, "imp": 5})
+    ax = fig.axes[0]
+    assert ax.get_title() == "UNIPEN pen digits: accuracy per contributing site"
+    assert "institution" in ax.get_xlabel() and "UNIPEN" in ax.get_xlabel()
+    labels = [t for t in ax.texts if t.get_text()]
+    assert [t.get_text() for t in labels] == ["98.0%\n692 digits\n12 writers", "100.0%\n257 digits\n5 writers"]
+    # Inside the bars, well below the dashed line of all sites.
+    assert all(t.get_position()[1] < 0.6 for t in labels)
+
+
+def test_zoomed_accuracy_axes_say_so():
+    table = pd.DataFrame({"run_name": ["a", "b"], "status": ["ok", "ok"], "val_accuracy": [0.97, 0.52]})
+    assert plots.sweep_comparison(table).axes[0].get_ylabel() == "val_accuracy (zoomed: axis from 47%)"
+    bars = plots.per_class_accuracy_bars([0.9] * 10).axes[0]
+    assert bars.get_ylabel() == "accuracy (zoomed: axis from 85%)"
+    assert plots.per_class_accuracy_bars([0.01] * 10).axes[0].get_ylabel() == "accuracy"
