@@ -17,6 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -127,20 +129,13 @@ def stack(tmp_path_factory, database_url):
             stop_group(process)
 
 
-def probe(url: str, cookie: str | None = None, timeout: float = 5) -> tuple[int, str, str]:
-    """(status, replica, sticky cookie) of the health file fetched through the proxy: no kernel starts."""
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url + HEALTH_URI, headers={"Cookie": cookie} if cookie else {})
+def probe(url: str, timeout: float = 5) -> tuple[int, str]:
+    """(status, replica) of a new visitor's request through the proxy, for the health file: no kernel starts."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            headers = response.headers
-            status = response.status
+        with urllib.request.urlopen(url + HEALTH_URI, timeout=timeout) as response:
+            return response.status, response.headers.get(REPLICA_HEADER, "")
     except urllib.error.HTTPError as e:
-        headers, status = e.headers, e.code
-    set_cookie = headers.get("Set-Cookie", "")
-    return status, headers.get(REPLICA_HEADER, ""), set_cookie.split(";", 1)[0]
+        return e.code, e.headers.get(REPLICA_HEADER, "")
 
 
 def wait_for_replicas(url: str, expected: set[str], caddy: subprocess.Popen, timeout: float = 60) -> None:
@@ -151,7 +146,7 @@ def wait_for_replicas(url: str, expected: set[str], caddy: subprocess.Popen, tim
         if caddy.poll() is not None:
             raise RuntimeError(f"caddy exited with code {caddy.returncode}")
         try:
-            status, replica, _ = probe(url, timeout=3)
+            status, replica = probe(url, timeout=3)
             if status == 200:
                 seen.add(replica)
         except OSError:
@@ -301,14 +296,14 @@ def test_a_hung_or_stopped_replica_leaves_the_rotation(stack, browser, database_
             time.sleep(0.5)
         # New visitors all reach the other replica, promptly (none waits on the hung one).
         for _ in range(10):
-            status, replica, _ = probe(url, timeout=5)
+            status, replica = probe(url, timeout=5)
             assert (status, replica) == (200, kept)
         # Stopped for good: still out of the rotation; the regular visitor's next page moves over.
         os.kill(replicas[gone].pid, signal.SIGCONT)
         stop_group(replicas[gone])
         time.sleep(HEALTH_INTERVAL_S + 1)
         for _ in range(10):
-            status, replica, _ = probe(url, timeout=5)
+            status, replica = probe(url, timeout=5)
             assert (status, replica) == (200, kept)
         assert regular.open() == kept
         regular.draw_and_answer(5)
