@@ -115,7 +115,12 @@ class TreeMonitor:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
+    def own_cpu_s(self) -> float:
+        t = self.root.cpu_times()
+        return t.user + t.system
+
     def __enter__(self):
+        self.own_cpu_start = self.own_cpu_s()
         self.cpu_start = self.cpu_s()
         self._thread.start()
         return self
@@ -124,7 +129,11 @@ class TreeMonitor:
         self._stop.set()
         self._thread.join()
         self.sample()
-        self.cpu_total = self.cpu_s() - self.cpu_start
+        try:
+            self.cpu_total = self.cpu_s() - self.cpu_start
+            self.own_cpu_total = self.own_cpu_s() - self.own_cpu_start
+        except psutil.NoSuchProcess:  # stopped by the RSS guard
+            self.cpu_total = self.own_cpu_total = float("nan")
 
 
 def _is_kernel(p: psutil.Process) -> bool:
@@ -337,12 +346,15 @@ def run(args, drive=drive_protocol) -> dict:
         "drawings_per_visitor": args.drawings,
         "served": len(served),
         "errors": dict(Counter(v.error[:120] for v in visits if v.error)),
+        "pages_opened": len(opens),
         "page_retries": sum(v.page_retries for v in visits),
         "page_open_s": {k: None if x is None else round(x / 1000, 2) for k, x in percentiles(opens, (50, 95)).items()},
         "stroke_to_prediction_ms": percentiles(predict) | {"n": len(predict)},
         "click_to_saved_ms": percentiles(save, (50, 95)) | {"n": len(save)},
         "shutdown_statuses": dict(Counter(str(v.shutdown_status) for v in visits)),
         "refused_answers": dict(Counter(t[:60] for v in visits for t in v.refused)),
+        "frames_sent": sum(v.frames_sent for v in visits),
+        "frames_received": sum(v.frames_received for v in visits),
         "wall_s": round(wall, 1),
         "client_cpu_s": None if client_cpu is None else round(client_cpu, 1),
     }
@@ -361,6 +373,8 @@ def run(args, drive=drive_protocol) -> dict:
             "kernel_rss_mib_mean": round(float(np.mean(per_kernel)) / MIB) if per_kernel else None,
             "kernel_rss_mib_max": round(max(per_kernel) / MIB) if per_kernel else None,
             "server_cpu_s": round(monitor.cpu_total, 1),
+            "server_process_cpu_s": round(monitor.own_cpu_total, 1),  # the Voila process alone: every frame
+            "server_cpu_per_visitor_s": round(monitor.cpu_total / max(1, len(opens)), 2),
             "kernel_start_cpu_s": round(float(np.median(start_cpu)), 2) if start_cpu else None,
         }
         if monitor.limit_hit_at:

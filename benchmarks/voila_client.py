@@ -100,6 +100,8 @@ class Visit:
     saved: list[tuple[int, float, float]] = field(default_factory=list)  # the answers that said "Saved"
     refused: list[str] = field(default_factory=list)  # status lines that were not "Saved"
     shutdown_status: int | None = None
+    frames_sent: int = 0
+    frames_received: int = 0
     kernel_id: str = ""
     error: str = ""
 
@@ -135,6 +137,7 @@ class Visitor:
             "version": PROTOCOL_VERSION,
         }
         self.ws.send_binary(encode_v1(channel, header, {}, metadata or {}, content))
+        self.visit.frames_sent += 1
         return msg_id
 
     def _comm(self, comm_id: str, data: dict) -> str:
@@ -150,6 +153,7 @@ class Visitor:
             frame = self.ws.recv()
         except (TimeoutError, websocket.WebSocketTimeoutException):
             return None
+        self.visit.frames_received += 1
         if not isinstance(frame, bytes):
             raise VisitError("the kernel websocket sent text: not the v1 protocol")
         msg = decode_v1(frame)
