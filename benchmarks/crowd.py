@@ -69,6 +69,10 @@ class TreeMonitor:
         self.peak_kernels: list[int] = []  # per-kernel RSS when the tree peaked
         self.max_kernels = 0
         self.samples: list[tuple[float, int, int]] = []  # (t, total RSS, kernels)
+        # RSS counts the libraries kernels share once per kernel; PSS splits them (slower to read).
+        self.peak_pss = 0
+        self.peak_pss_kernel_uss: list[int] = []
+        self._count = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -90,9 +94,31 @@ class TreeMonitor:
                 pass
         return total
 
+    def tree(self) -> list[psutil.Process]:
+        try:
+            return [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def sample_pss(self) -> None:
+        pss, uss = 0, []
+        for p in self.tree():
+            try:
+                info = p.memory_full_info()
+                pss += info.pss
+                if p is not self.root and _is_kernel(p):
+                    uss.append(info.uss)
+            except psutil.Error:
+                pass
+        if pss > self.peak_pss:
+            self.peak_pss, self.peak_pss_kernel_uss = pss, uss
+
     def sample(self) -> None:
+        self._count += 1
+        if self._count % 5 == 1:
+            self.sample_pss()
         rss, kernels = 0, []
-        for p in [self.root, *self.root.children(recursive=True)]:
+        for p in self.tree():
             try:
                 r = p.memory_info().rss
                 rss += r
@@ -372,6 +398,10 @@ def run(args, drive=drive_protocol) -> dict:
             "max_kernels": monitor.max_kernels,
             "kernel_rss_mib_mean": round(float(np.mean(per_kernel)) / MIB) if per_kernel else None,
             "kernel_rss_mib_max": round(max(per_kernel) / MIB) if per_kernel else None,
+            "peak_pss_total_mib": round(monitor.peak_pss / MIB),
+            "kernel_uss_mib_mean": round(float(np.mean(monitor.peak_pss_kernel_uss)) / MIB)
+            if monitor.peak_pss_kernel_uss
+            else None,
             "server_cpu_s": round(monitor.cpu_total, 1),
             "server_process_cpu_s": round(monitor.own_cpu_total, 1),  # the Voila process alone: every frame
             "server_cpu_per_visitor_s": round(monitor.cpu_total / max(1, len(opens)), 2),
