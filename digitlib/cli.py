@@ -121,6 +121,16 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
     }
 
 
+def cmd_run_notebook(args: argparse.Namespace) -> dict:
+    from digitlib.experiments import parse_value, project_path, run_notebook
+
+    parameters = {name: parse_value(value) for name, value in args.parameters}
+    run = run_notebook(project_path(args.notebook), project_path(args.output), parameters, html=not args.no_html,
+                       timeout=args.timeout)  # fmt: skip
+    result = {"notebook": str(run.notebook), "html": str(run.html) if run.html else None, "status": run.status}
+    return {**result, "seconds": round(run.seconds, 1), **({"error": run.error} if run.error else {})}
+
+
 def cmd_export_feedback(args: argparse.Namespace) -> dict:
     from digitlib.feedback import export_training_set
 
@@ -205,7 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     sw.set_defaults(func=cmd_sweep)
     _add_feedback_loop_commands(sub)
+    _add_notebook_command(sub)
     return parser
+
+
+def _add_notebook_command(sub) -> None:
+    nb = sub.add_parser(
+        "run-notebook", help="run a notebook by papermill into a report (+ HTML); unknown parameter names are refused"
+    )
+    nb.add_argument("notebook", help="e.g. notebooks/1.0-dl-train-cnn.ipynb")
+    nb.add_argument("output", help="executed notebook, e.g. reports/myrun-train.ipynb (the HTML goes beside it)")
+    nb.add_argument("-p", "--parameter", nargs=2, action="append", default=[], dest="parameters",
+                    metavar=("NAME", "VALUE"), help="a parameter, read as papermill's -p does")  # fmt: skip
+    nb.add_argument("--no-html", action="store_true", help="skip the HTML export")
+    nb.add_argument("--timeout", type=int, help="seconds allowed per cell (default: no limit)")
+    nb.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    nb.set_defaults(func=cmd_run_notebook)
 
 
 def _add_feedback_loop_commands(sub) -> None:
@@ -265,4 +290,4 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         _print_human(result)
-    return 0
+    return 1 if result.get("status") == "failed" else 0  # a failed notebook run stops `make`

@@ -31,6 +31,7 @@ from jupyter_server.auth.identity import PasswordIdentityProvider
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from jupyter_server.utils import url_path_join
+from tornado.ioloop import IOLoop
 from voila.tornado.handler import TornadoVoilaHandler
 
 from digitlib import config
@@ -179,10 +180,32 @@ def check_frame(frame: bytes | str, subprotocol: str | None) -> None:
 PART_NAMES = ("header", "parent_header", "metadata", "content")
 
 
+# A page's kernel whose last websocket closed is shut down after this grace (a reload or a network
+# blip reconnects within it). The page's unload beacon does it at once; this also covers the pages
+# that never send it (a crash, a lost network, a browser skipping beforeunload).
+DISCONNECT_GRACE_S = 15.0
+
+
+async def shut_down_if_abandoned(manager, kernel_id: str, log) -> None:
+    if kernel_id in manager and manager._kernel_connections.get(kernel_id, 0) == 0:
+        log.info("digitlib guard: shutting down kernel %s, its page is gone", kernel_id)
+        try:
+            await manager.shutdown_kernel(kernel_id)
+        except Exception as e:  # already gone (the beacon came first): nothing to do
+            log.debug("kernel %s: %s", kernel_id, e)
+
+
 class GuardedKernelConnection(ZMQChannelsWebsocketConnection):
-    """A kernel websocket connection that drops (and logs) every frame `check_frame` refuses."""
+    """A kernel websocket connection that drops (and logs) every frame `check_frame` refuses,
+    and shuts its kernel down once no page is connected to it for `DISCONNECT_GRACE_S`."""
 
     bad_frames = 0
+
+    def disconnect(self):
+        manager, kernel_id = self.multi_kernel_manager, self.kernel_id
+        result = super().disconnect()
+        IOLoop.current().call_later(DISCONNECT_GRACE_S, shut_down_if_abandoned, manager, kernel_id, self.log)
+        return result
 
     def handle_incoming_message(self, incoming_msg) -> None:
         try:
@@ -349,7 +372,12 @@ class GuardedPageHandler(TornadoVoilaHandler):
         deadline = time.monotonic() + wait_s
         while True:
             pool = pools.get(self.notebook_path, [])
-            ready = [t for t in pool if t.done() and not t.cancelled() and t.exception() is None]
+            failed = [t for t in pool if t.done() and (t.cancelled() or t.exception() is not None)]
+            if failed:  # a kernel that failed to start would hold its place in the pool for ever
+                for task in failed:
+                    pool.remove(task)
+                manager.fill_if_needed(notebook_name=self.notebook_path)
+            ready = [t for t in pool if t.done()]
             if ready:
                 pool.sort(key=lambda t: t is not ready[0])  # stable: the ready kernel first
                 return True

@@ -1,12 +1,15 @@
 """The dashboard end to end: Voilà on a free port, headless Chromium driven by Playwright.
 
 Draw a digit with the mouse, wait for the prediction, press a label, find the row in the
-database. The server runs in its own process group, killed whole (kernels included) at the end.
+database; a closed page's kernel is shut down; hostile websocket frames leave the page working.
+The server runs in its own process group, killed whole (kernels included) at the end.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from tiny_model import tiny_model_dir
 from digitlib import config
 from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
 from digitlib.store import FeedbackStore
+from digitlib.voila_guard import DISCONNECT_GRACE_S
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -143,3 +147,73 @@ def test_a_browser_cannot_run_code_in_the_dashboard_kernel(server, browser, tmp_
     assert "comm_info_reply" in replies, replies
     assert "execute_reply" not in replies and "execute_input" not in replies, replies
     assert not marker.exists()
+
+
+def kernel_of(page) -> str:
+    return page.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId")
+
+
+def wait_until_gone(url: str, kernel_id: str, seconds: float = 20) -> bool:
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if requests.get(f"{url}api/kernels/{kernel_id}", timeout=10).status_code == 404:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_a_closed_page_shuts_its_kernel_down(server, browser):
+    """The page's unload beacon (POST /voila/api/shutdown/<id> with the _xsrf cookie) is accepted."""
+    url, _ = server
+    page = browser.new_page()
+    page.goto(url, timeout=120_000)
+    page.locator(".digit-canvas").wait_for(state="visible", timeout=60_000)
+    kernel_id = kernel_of(page)
+    assert any(c["name"] == "_xsrf" for c in page.context.cookies())
+    page.close(run_before_unload=True)
+    # The unload beacon, or (headless Chromium does not always run beforeunload on close) the
+    # server once the page's websocket has been closed for DISCONNECT_GRACE_S.
+    assert wait_until_gone(url, kernel_id, seconds=DISCONNECT_GRACE_S + 15)
+
+    # Leaving after drawing: navigating away runs the unload beacon; the kernel goes at once.
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto(url, timeout=120_000)
+    page.locator(".digit-canvas").wait_for(state="visible", timeout=60_000)
+    kernel_id = kernel_of(page)
+    draw(page, [A_SEVEN])
+    wait_for_text(page, ".digit-prediction", r"^[0-9]$")
+    page.goto("about:blank")
+    assert wait_until_gone(url, kernel_id, seconds=DISCONNECT_GRACE_S / 2)
+    page.close()
+
+
+def test_the_page_works_after_hostile_frames_on_a_kernel_websocket(server, browser):
+    """The 16-byte frame that made jupyter_server build 2**28 offsets, and friends, over a real socket."""
+    import requests
+    from test_voila_guard import HOSTILE_OFFSETS, KernelSocket, comm_update, v1_frame
+
+    url, _ = server
+    attacker = browser.new_page()
+    attacker.goto(url, timeout=120_000)
+    attacker.locator(".digit-canvas").wait_for(state="visible", timeout=60_000)
+    sock = KernelSocket(url, kernel_of(attacker))
+    for frame in [
+        HOSTILE_OFFSETS,
+        v1_frame("comm_msg", {}, raw_content=b"[" * 60_000),
+        comm_update("x", {"width": 1e8}),
+    ]:
+        sock.send(frame)
+        started = time.monotonic()
+        assert requests.get(f"{url}voila/static/materialcolors.css", timeout=10).status_code == 200
+        assert time.monotonic() - started < 2
+    sock.close()
+    attacker.close()
+
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto(url, timeout=120_000)
+    page.locator(".digit-canvas").wait_for(state="visible", timeout=60_000)
+    draw(page, [A_SEVEN])
+    assert re.fullmatch(r"[0-9]", wait_for_text(page, ".digit-prediction", r"^[0-9]$"))
+    page.close()
