@@ -98,11 +98,11 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval_drawings(args: argparse.Namespace) -> dict:
-    from digitlib.drawings import evaluate_drawings, load_drawings
+    from digitlib.drawings import evaluate_drawings_file
     from digitlib.modeling.checkpoint import load_model
 
     model = load_model(args.model)
-    result = evaluate_drawings(model, load_drawings(args.file)).summary()
+    result = evaluate_drawings_file(model, args.file).summary()  # streamed: any file size
     return {"model": str(model.path), "version": model.version, "file": str(args.file), **result}
 
 
@@ -201,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ev.set_defaults(func=cmd_evaluate)
 
-    dr = sub.add_parser("eval-drawings", help="evaluate a model on recorded drawings through the dashboard's path")
+    dr = sub.add_parser(
+        "eval-drawings",
+        help="evaluate a model on recorded drawings through the dashboard's path (a file without drawings is an error)",
+    )
     dr.add_argument("file", nargs="?", default=config.DRAWINGS_FILE.get(), help="JSON-lines drawings file")
     dr.add_argument("--model", help="model directory (default: models/default)")
     dr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -281,13 +284,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = args.func(args)
-    except (DataError, CheckpointError, ValueError) as e:
-        print(f"digitlib {args.command}: error: {e}", file=sys.stderr)
+        # Strict JSON: a NaN or an infinity is an error, never a figure printed as NaN.
+        text = json.dumps(result, allow_nan=False) if result and getattr(args, "json", False) else None
+    except (DataError, CheckpointError, ValueError, OSError) as e:
+        # One line on stderr, nothing on stdout: scripts read stdout as JSON.
+        print(f"digitlib {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if not result:  # a non-zero rank of a distributed run: nothing to report
         return 0
-    if getattr(args, "json", False):
-        print(json.dumps(result))
+    if text is not None:
+        print(text)
     else:
         _print_human(result)
     return 1 if result.get("status") == "failed" else 0  # a failed notebook run stops `make`

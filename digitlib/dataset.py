@@ -101,6 +101,18 @@ def _find(name: str, directory: Path) -> Path | None:
 def find_mnist_dir(download: bool = True) -> Path:
     """The first folder holding all four MNIST files; download into data/mnist if none does."""
     needed = [name for images, labels, _ in FILES.values() for name in (images, labels)]
+    chosen = config.MNIST_DIR.get()
+    if chosen:  # named by the operator: a missing file is an error, not a reason to look elsewhere
+        directory = Path(chosen).expanduser()
+        if not directory.is_dir():
+            raise DataError(f"{config.MNIST_DIR.name}={directory}: no such folder (unset it to use data/mnist)")
+        missing = [name for name in needed if not _find(name, directory)]
+        if missing:
+            raise DataError(
+                f"{config.MNIST_DIR.name}={directory}: {directory / missing[0]}(.gz) is missing"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            )
+        return directory
     searched = config.mnist_search_dirs()
     for directory in searched:
         if all(_find(name, directory) for name in needed):

@@ -6,16 +6,20 @@ figures here are what a visitor of the dashboard gets.
 
 from __future__ import annotations
 
+import itertools
 import json
+import reprlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from digitlib.dataset import DataError, Digits
 from digitlib.modeling.checkpoint import LoadedModel
 from digitlib.modeling.predict import Evaluation, evaluate
-from digitlib.preprocess import DEFAULT_BRUSH, Brush, DrawingError, strokes_to_input
+from digitlib.preprocess import DEFAULT_BRUSH, Brush, DrawingError, strokes_to_input, validate_strokes
 
 
 @dataclass
@@ -26,26 +30,52 @@ class Drawing:
     writer: str = ""
 
 
-def load_drawings(path: str | Path) -> list[Drawing]:
-    """Read a JSON-lines file of drawings; a bad line is an error naming the file and line."""
+MAX_LINE_BYTES = 1_000_000  # a drawing within preprocess's limits takes well under this
+EVAL_BATCH = 1024  # drawings rendered and predicted at a time: memory stays flat for any file size
+
+
+def iter_drawings(path: str | Path) -> Iterator[tuple[int, Drawing]]:
+    """(line number, drawing) for each drawing in a JSON-lines file, read one line at a time.
+
+    Every drawing is checked as the dashboard checks one (preprocess.validate_strokes); a bad
+    line is a DataError naming the file and line, whatever is wrong with it.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such drawings file")
-    drawings = []
-    with path.open() as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                label = row["label"]
-                if not isinstance(label, int) or not 0 <= label <= 9:
-                    raise ValueError(f"label {label!r} is not a digit 0-9")
-                source, writer = str(row.get("source", "unknown")), str(row.get("writer", ""))
-                drawings.append(Drawing(row["strokes"], label, source, writer))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise DataError(f"{path}, line {number}: {e}") from None
-    return drawings
+    with path.open("rb") as f:
+        for number in itertools.count(1):
+            line = f.readline(MAX_LINE_BYTES + 1)
+            if not line:
+                return
+            if len(line) > MAX_LINE_BYTES:
+                raise DataError(f"{path}, line {number}: longer than {MAX_LINE_BYTES} bytes, not a drawing")
+            if line.strip():
+                yield number, _parse_drawing(line, f"{path}, line {number}")
+
+
+def _parse_drawing(line: bytes, where: str) -> Drawing:
+    try:
+        row = json.loads(line)
+        if not isinstance(row, dict):
+            raise ValueError(f"a drawing is a JSON object, not {type(row).__name__}")
+        label = row["label"]
+        # bool is an int in Python: `true` is not a 1.
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
+            raise ValueError(f"label {reprlib.repr(label)} is not a digit 0-9")
+        validate_strokes(row["strokes"])
+        source, writer = str(row.get("source", "unknown"))[:200], str(row.get("writer", ""))[:200]
+        return Drawing(row["strokes"], label, source, writer)
+    except KeyError as e:
+        raise DataError(f"{where}: no {e} field") from None
+    # Overflow: a 400-digit coordinate; Recursion: absurdly nested JSON; Unicode: not UTF-8.
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise DataError(f"{where}: {str(e)[:300]}") from None
+
+
+def load_drawings(path: str | Path) -> list[Drawing]:
+    """Read a JSON-lines file of drawings; a bad line is an error naming the file and line."""
+    return [drawing for _, drawing in iter_drawings(path)]
 
 
 def drawings_to_digits(drawings: list[Drawing], brush: Brush = DEFAULT_BRUSH) -> Digits:
@@ -65,7 +95,7 @@ def drawings_to_digits(drawings: list[Drawing], brush: Brush = DEFAULT_BRUSH) ->
 class DrawingsEvaluation:
     evaluation: Evaluation
     sources: list[str]
-    digits: Digits
+    digits: Digits | None = None  # the rendered inputs; None when streamed from a file (evaluate_drawings_file)
 
     def per_source(self) -> dict[str, dict]:
         correct = self.evaluation.correct
@@ -90,3 +120,37 @@ class DrawingsEvaluation:
 def evaluate_drawings(model: LoadedModel, drawings: list[Drawing], brush: Brush = DEFAULT_BRUSH) -> DrawingsEvaluation:
     digits = drawings_to_digits(drawings, brush)
     return DrawingsEvaluation(evaluate(model, digits), [d.source for d in drawings], digits)
+
+
+def evaluate_drawings_file(
+    model: LoadedModel, path: str | Path, brush: Brush = DEFAULT_BRUSH, batch: int = EVAL_BATCH
+) -> DrawingsEvaluation:
+    """Evaluate on a drawings file of any size: read, rendered and predicted `batch` drawings at a time.
+
+    Only the probabilities are kept (40 bytes a drawing), not the images. A file without a
+    drawing is an error: there is no accuracy to report.
+    """
+    probabilities, labels, sources = [], [], []
+    pending: list[tuple[int, Drawing]] = []
+
+    def predict() -> None:
+        images = []
+        for number, d in pending:
+            try:
+                images.append(np.asarray(strokes_to_input(d.strokes, brush)))
+            except DrawingError as e:
+                raise DataError(f"{path}, line {number}: {e}") from None
+        probabilities.append(model.predict_proba(np.stack(images)))
+        labels.extend(d.label for _, d in pending)
+        sources.extend(d.source for _, d in pending)
+        pending.clear()
+
+    for item in iter_drawings(path):
+        pending.append(item)
+        if len(pending) == batch:
+            predict()
+    if pending:
+        predict()
+    if not labels:
+        raise DataError(f"{path}: no drawings in the file, so no accuracy to report")
+    return DrawingsEvaluation(Evaluation(torch.cat(probabilities), torch.tensor(labels)), sources)

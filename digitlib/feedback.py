@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 from sqlalchemy import inspect, select
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from digitlib import config
 from digitlib.dataset import DataError, Digits
@@ -29,7 +33,7 @@ from digitlib.modeling.checkpoint import LoadedModel, file_sha256
 from digitlib.modeling.predict import confusion_counts, evaluate
 from digitlib.modeling.train import TrainConfig
 from digitlib.preprocess import DEFAULT_BRUSH, DrawingError, strokes_to_input
-from digitlib.store import FeedbackStore, png_to_image, prediction_logs
+from digitlib.store import FeedbackStore, png_to_image, prediction_logs, redact_url, resolve_database_url
 
 SUMMARY_COLUMNS = [
     "id", "submission_id", "created_at", "model_version", "predicted", "confidence", "probabilities",
@@ -44,11 +48,8 @@ class FeedbackDataError(DataError):
     """Feedback that cannot be used as asked: nothing logged, an export that is missing or altered."""
 
 
-def password_free_url(url: str) -> str:
-    """The database URL without its password: safe to write into a manifest or a report."""
-    u = make_url(url)  # URL.set(password=None) would keep the password: None there means "unchanged"
-    bare = URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query)
-    return bare.render_as_string(hide_password=False)
+# The one redaction function (store.redact_url): manifests, reports and notebooks show URLs through it.
+password_free_url = redact_url
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -67,18 +68,21 @@ def load_feedback(url: str | None = None, images: bool = False, strokes: bool = 
     28x28 uint8 model input decoded from its PNG; `strokes=True` adds the drawing's strokes.
     A missing SQLite file or table is an empty frame, and is not created by reading.
     """
-    url = url or config.DATABASE_URL.get()
+    url = resolve_database_url(url or config.DATABASE_URL.get())
     columns = SUMMARY_COLUMNS + ["image"] * images + ["strokes"] * strokes
     empty = pd.DataFrame({c: pd.Series(dtype=object) for c in [*columns, "correct"]})
     if _sqlite_file_missing(url):
         return empty
-    store = FeedbackStore(url)
+    store = FeedbackStore(url, timeouts=False)  # an analysis may read for longer than a visitor waits
     try:
         if not inspect(store.engine).has_table(prediction_logs.name):
             return empty
         query = select(*(prediction_logs.c[c] for c in columns)).order_by(prediction_logs.c.id)
         with store.engine.connect() as connection:
             frame = pd.DataFrame([dict(r._mapping) for r in connection.execute(query)], columns=columns)
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise FeedbackDataError(f"{redact_url(url)}: cannot read the feedback ({reason})") from None
     finally:
         store.dispose()
     if frame.empty:
@@ -184,7 +188,7 @@ def export_training_set(
     """
     if not 0 < holdout_fraction < 1:
         raise ValueError(f"holdout_fraction must be between 0 and 1, not {holdout_fraction}")
-    url = url or config.DATABASE_URL.get()
+    url = resolve_database_url(url or config.DATABASE_URL.get())
     frame = load_feedback(url, strokes=True)
     if frame.empty:
         raise FeedbackDataError(f"no feedback in {password_free_url(url)}: nothing to export")
@@ -195,11 +199,7 @@ def export_training_set(
         raise FeedbackDataError(f"none of the {len(frame)} rows in {password_free_url(url)} gives a usable drawing")
     holdout = usable["submission_id"].map(lambda s: in_holdout(s, holdout_fraction)).to_numpy()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     splits, checksums = {"train": ~holdout, "holdout": holdout}, {}
-    for split, mask in splits.items():
-        chosen = [image for image, keep in zip(images, mask, strict=True) if keep]
-        checksums[split] = _write_split(out / SPLIT_FILES[split], usable[mask], chosen)
     dropped = {"duplicates": duplicates, "conflicting_labels": conflicting, "unrenderable": len(unique) - len(usable)}
     manifest = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -214,8 +214,42 @@ def export_training_set(
         "preprocessing": "preprocess.strokes_to_input (re-rendered from stored strokes)",
         "sha256": checksums,
     }
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with _all_or_nothing(out) as staged:
+            for split, mask in splits.items():
+                chosen = [image for image, keep in zip(images, mask, strict=True) if keep]
+                checksums[split] = _write_split(staged(SPLIT_FILES[split]), usable[mask], chosen)
+            staged(MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    except OSError as e:  # a read-only or full disk: the folder keeps what it held before
+        raise FeedbackDataError(f"{out}: export not written ({e.strerror or e}); the folder is as it was") from None
     return manifest
+
+
+@contextmanager
+def _all_or_nothing(folder: Path):
+    """Yields `staged(name)`: a temporary path for `name` in `folder`; at the end all are renamed into place, or none.
+
+    In the same folder, so each rename is atomic; the manifest goes last, so a reader never
+    finds a manifest whose checksums are not those of the files beside it.
+    """
+    temporary: dict[str, Path] = {}
+
+    def staged(name: str) -> Path:
+        suffix = Path(name).suffix  # numpy would append .npz to a name without it
+        temporary[name] = folder / f".{name}.{uuid.uuid4().hex}.tmp{suffix}"
+        return temporary[name]
+
+    try:
+        yield staged
+        for path in temporary.values():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+        for name in sorted(temporary, key=lambda n: n == MANIFEST_FILE):
+            os.replace(temporary[name], folder / name)
+    finally:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
 
 
 @dataclass

@@ -70,13 +70,24 @@ def test_wrong_count_in_a_split_is_refused(tmp_path, mnist_dir):
 
 
 def test_missing_data_message_says_where_to_put_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("MNIST_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("MNIST_DIR", raising=False)
     monkeypatch.setattr(config, "DATA_DIR", tmp_path)
     with pytest.raises(DataError) as e:
         find_mnist_dir(download=False)
     message = str(e.value)
-    assert "train-images-idx3-ubyte.gz" in message and str(tmp_path / "nowhere") in message
+    assert "train-images-idx3-ubyte.gz" in message and str(tmp_path / "mnist") in message
     assert "MNIST_DIR" in message
+
+
+def test_a_mnist_dir_setting_that_does_not_hold_mnist_is_an_error_not_a_fallback(tmp_path, monkeypatch, mnist_dir):
+    monkeypatch.setenv("MNIST_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"MNIST_DIR=.*nowhere: no such folder"):
+        find_mnist_dir(download=False)
+    for f in sorted(mnist_dir.glob("*.gz"))[1:]:  # three of the four files
+        (tmp_path / f.name).symlink_to(f.resolve())
+    monkeypatch.setenv("MNIST_DIR", str(tmp_path))
+    with pytest.raises(DataError, match=r"MNIST_DIR=.*t10k-images-idx3-ubyte\(\.gz\) is missing"):
+        find_mnist_dir(download=True)  # nothing downloaded elsewhere either
 
 
 def test_mnist_dir_setting_comes_first(tmp_path, monkeypatch, mnist_dir):

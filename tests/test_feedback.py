@@ -108,7 +108,7 @@ def test_analysis_tables(filled):
 
 def test_password_never_reaches_a_manifest():
     url = "postgresql+psycopg2://me:s3cret@db.example:5432/feedback"
-    assert feedback.password_free_url(url) == "postgresql+psycopg2://me@db.example:5432/feedback"
+    assert feedback.password_free_url(url) == "postgresql+psycopg2://me:***@db.example:5432/feedback"
 
 
 # --- export ----------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_export_rerenders_deduplicates_and_writes_a_manifest(filled, tmp_path):
     both = feedback.concat_digits(export.train, export.holdout)
     assert len(both) == 3 and both.images.dtype == torch.uint8
     # Re-rendered from the strokes with today's preprocessing, not the (blank) stored PNG.
-    rendered = {int(label): strokes_to_input(s) for s, label in ((ONE, 1), (SEVEN, 7))}
+    rendered = {int(label): torch.as_tensor(strokes_to_input(s)) for s, label in ((ONE, 1), (SEVEN, 7))}
     assert any(torch.equal(image, rendered[7]) for image in both.images)
     assert any(torch.equal(image, rendered[1]) for image in both.images)
 

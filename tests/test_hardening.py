@@ -297,3 +297,172 @@ def test_readme_shows_the_default_database_as_the_absolute_path_it_is():
     row = next(line for line in readme.splitlines() if line.startswith("| `DATABASE_URL`"))
     assert "sqlite:///data/feedback.db" not in row
     assert config.DATABASE_URL.default.startswith(f"sqlite:///{ROOT}")
+
+
+# --- the CLI: bad input is one line on stderr, exit status 2, nothing or valid JSON on stdout --------
+
+GOOD_DRAWING = {"label": 7, "strokes": [[[100, 60], [180, 60], [130, 220]]], "source": "t"}
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory):
+    """A model directory (untrained weights: these tests are about input, not accuracy)."""
+    import torch
+
+    from digitlib.modeling.checkpoint import save_model
+    from digitlib.modeling.models import build_model
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("m") / "model"
+    checks = os.environ.get("DIGITLIB_ONNX_CHECK")
+    os.environ["DIGITLIB_ONNX_CHECK"] = "64"  # the ONNX export's check on a few images: seconds, not minutes
+    try:
+        return save_model(build_model("seed"), directory, {"arch": "seed", "arch_params": {}})
+    finally:
+        os.environ.pop("DIGITLIB_ONNX_CHECK") if checks is None else os.environ.update(DIGITLIB_ONNX_CHECK=checks)
+
+
+def strict_json(text: str) -> dict:
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, *expected: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    for text_ in expected:
+        assert text_ in lines[0], lines[0]
+
+
+BAD_DRAWING_LINES = {
+    "a 400-digit coordinate": json.dumps({"label": 1, "strokes": [[[10**400, 3], [5, 5]]]}),
+    "a 400-digit label": json.dumps({"label": 10**400, "strokes": GOOD_DRAWING["strokes"]}),
+    "a float too large for a double": '{"label": 1, "strokes": [[[1e400, 3]]]}',
+    "label true": json.dumps({"label": True, "strokes": GOOD_DRAWING["strokes"]}),
+    "deeply nested": '{"label": 1, "strokes": ' + "[" * 200_000 + "]" * 200_000 + "}",
+    "not an object": "[1, 2, 3]",
+    "no strokes": '{"label": 1}',
+    "strokes a string": '{"label": 1, "strokes": "1,2"}',
+    "not UTF-8": '{"label": 1, "source": "caf\xe9"}',
+    "torn": '{"label": 1, "strokes": [[[1,',
+}
+
+
+def drawings_file(path, bad: str):
+    line = BAD_DRAWING_LINES[bad].encode("latin-1" if bad == "not UTF-8" else "utf-8")
+    path.write_bytes(json.dumps(GOOD_DRAWING).encode() + b"\n\n" + line + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("bad", list(BAD_DRAWING_LINES), ids=list(BAD_DRAWING_LINES))
+def test_any_bad_drawing_is_a_data_error_naming_the_file_and_line(bad, tmp_path):
+    from digitlib.dataset import DataError
+    from digitlib.drawings import load_drawings
+
+    path = drawings_file(tmp_path / "drawings.jsonl", bad)
+    with pytest.raises(DataError) as caught:
+        load_drawings(path)
+    assert str(caught.value).startswith(f"{path}, line 3: ") and len(str(caught.value)) < 500
+
+
+# The issue's cases through the command itself (each a subprocess importing torch: a few only).
+@pytest.mark.parametrize("bad", ["a 400-digit coordinate", "label true", "deeply nested", "not UTF-8"])
+def test_eval_drawings_names_the_file_and_line_of_a_bad_drawing(bad, untrained_model, tmp_path):
+    path = drawings_file(tmp_path / "drawings.jsonl", bad)
+    done = digitlib_cli("eval-drawings", str(path), "--model", str(untrained_model), "--json")
+    assert_one_line_error(done, f"{path}, line 3")
+
+
+def test_eval_drawings_refuses_a_line_longer_than_any_drawing(untrained_model, tmp_path):
+    from digitlib.drawings import MAX_LINE_BYTES
+
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(b'{"label": 1, "pad": "' + b"x" * (MAX_LINE_BYTES + 10) + b'"}\n')
+    done = digitlib_cli("eval-drawings", str(path), "--model", str(untrained_model), "--json")
+    assert_one_line_error(done, f"{path}, line 1", "longer than")
+
+
+def test_eval_drawings_on_an_empty_file_is_an_error_not_nan(untrained_model, tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n\n")
+    done = digitlib_cli("eval-drawings", str(path), "--model", str(untrained_model), "--json")
+    assert_one_line_error(done, str(path), "no drawings")
+
+
+def test_eval_drawings_prints_strict_json(untrained_model, tmp_path):
+    path = tmp_path / "ok.jsonl"
+    path.write_text("".join(json.dumps({**GOOD_DRAWING, "source": s}) + "\n" for s in ("a", "b", "b")))
+    done = digitlib_cli("eval-drawings", str(path), "--model", str(untrained_model), "--json")
+    assert done.returncode == 0, done.stderr
+    result = strict_json(done.stdout)
+    assert result["n"] == 3 and set(result["per_source"]) == {"a", "b"}
+
+
+def test_drawings_are_evaluated_in_batches_never_all_at_once(tmp_path):
+    """The 200 MB case: memory follows the batch, not the file (figures: benchmarks/cli_memory.py)."""
+    import torch
+
+    from digitlib.drawings import evaluate_drawings_file
+
+    class Recorder:
+        sizes: list[int] = []
+
+        def predict_proba(self, images):
+            self.sizes.append(len(images))
+            return torch.full((len(images), 10), 0.1)
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(GOOD_DRAWING) + "\n" for _ in range(7)))
+    model = Recorder()
+    result = evaluate_drawings_file(model, path, batch=3)
+    assert model.sizes == [3, 3, 1] and result.evaluation.n == 7 and result.digits is None
+
+
+def test_mnist_dir_missing_one_file_is_an_error_naming_it(untrained_model, tmp_path, mnist_dir):
+    for f in sorted(mnist_dir.glob("*.gz"))[:3]:
+        (tmp_path / f.name).symlink_to(f.resolve())
+    missing = sorted(f.name for f in mnist_dir.glob("*.gz"))[3].removesuffix(".gz")
+    done = digitlib_cli("evaluate", "--model", str(untrained_model), "--json", env={"MNIST_DIR": str(tmp_path)})
+    assert_one_line_error(done, "MNIST_DIR", f"{tmp_path / missing}(.gz) is missing")
+
+
+def test_export_feedback_to_a_full_disk_leaves_the_old_export_whole(tmp_path, sqlite_url):  # noqa: F811
+    from digitlib.feedback import load_export
+
+    store = FeedbackStore(sqlite_url, queue_file=tmp_path / "q.jsonl")
+    for label in range(10):
+        store.submit(make_feedback(label=label, strokes=[[[100 + 5 * label, 60], [180, 60], [130, 220]]]))
+    store.dispose()
+    out = tmp_path / "export"
+    assert digitlib_cli("export-feedback", str(out), "--database-url", sqlite_url, "--json").returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    # Once the feedback is read, a file-size limit makes every write past 512 bytes fail (EFBIG),
+    # as a full disk fails with ENOSPC.
+    limit = """
+import resource, runpy, signal, sys
+import digitlib.feedback as feedback
+read = feedback.load_feedback
+def read_then_fill_the_disk(*args, **kwargs):
+    frame = read(*args, **kwargs)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+    return frame
+feedback.load_feedback = read_then_fill_the_disk
+sys.argv = ["digitlib", *sys.argv[1:]]
+runpy.run_module("digitlib", run_name="__main__")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", limit, "export-feedback", str(out), "--database-url", sqlite_url, "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_one_line_error(done, str(out), "export not written", "the folder is as it was")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file left, nothing half-written
+    assert len(load_export(out).train) + len(load_export(out).holdout) == 10

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from digitlib import config
 from digitlib.migrations import MigrationError, current_revision, grant_to_dashboard, head_revision, upgrade
 from digitlib.store import StoreConfigError, _engine_for, redact_url
@@ -31,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.grant_to:
                 grant_to_dashboard(engine, args.grant_to)
         print(f"{redact_url(url)}: revision {current_revision(engine)}")
-    except (MigrationError, ValueError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+    except (MigrationError, ValueError, SQLAlchemyError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        print(f"{parser.prog}: error: {redact_url(url)}: {reason}", file=sys.stderr)
         return 2
     finally:
         engine.dispose()
