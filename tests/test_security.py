@@ -64,6 +64,21 @@ def test_voila_kernels_accept_only_widget_messages_from_the_browser():
     }
 
 
+def test_the_websocket_guard_lets_through_less_than_voila_and_no_command_replaces_it():
+    # digitlib/voila_guard.py (voila.json) checks each frame before Voilà's own type filter;
+    # tests/test_voila_guard.py sends hostile frames over a real socket.
+    import voila.app
+
+    from digitlib.voila_guard import MESSAGE_TYPES
+
+    source = open(voila.app.__file__).read()
+    allowed = source.split("allowed_message_types=[", 1)[1].split("]", 1)[0]
+    assert MESSAGE_TYPES < {t.strip().strip('"') for t in allowed.split(",") if t.strip()}
+    for command in dashboard_commands():
+        for option in ("kernel_websocket_connection_class", "identity_provider_class", "multi_kernel_manager_class"):
+            assert option not in command, command
+
+
 def test_jupyterlab_never_runs_without_a_token():
     lab = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["lab"]
     assert lab["environment"]["JUPYTER_TOKEN"].startswith("${LAB_TOKEN:?")  # compose refuses to start without it
