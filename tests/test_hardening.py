@@ -466,3 +466,48 @@ runpy.run_module("digitlib", run_name="__main__")
     assert_one_line_error(done, str(out), "export not written", "the folder is as it was")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file left, nothing half-written
     assert len(load_export(out).train) + len(load_export(out).holdout) == 10
+
+
+# --- what the visitor sees -------------------------------------------------------------------------
+
+
+def test_the_dashboard_page_never_shows_the_password_of_a_malformed_url(untrained_model, caplog):
+    from digitlib.dashboard import build_dashboard
+
+    with caplog.at_level(logging.DEBUG):
+        page = build_dashboard(model_dir=str(untrained_model), database_url=MALFORMED_URLS[0])
+    assert "cannot start" in page.value and "user:***@db.example" in page.value
+    assert SECRET not in page.value and SECRET not in caplog.text
+
+
+def test_a_visitor_whose_answer_cannot_be_stored_is_told_it_is_kept(untrained_model, tmp_path):
+    """The read-only SQLite case through the dashboard's own handler: never "Something went wrong"."""
+    from test_dashboard import SEVEN as DRAWN_SEVEN
+    from test_dashboard import draw
+
+    from digitlib.dashboard import Dashboard
+    from digitlib.modeling.checkpoint import load_model
+
+    (tmp_path / "feedback.db.migrate-lock").mkdir()  # the lock cannot be opened: OSError
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}", queue_file=tmp_path / "q.jsonl")
+    dash = Dashboard(load_model(untrained_model), store)
+    draw(dash, DRAWN_SEVEN)
+    assert dash.submit(7) == "queued"
+    assert "kept on this server" in dash.status.value and "Something went wrong" not in dash.status.value
+    assert [f.true_label for f in store.queued()] == [7]
+
+
+def test_a_locked_sqlite_file_queues_the_answer_after_the_busy_timeout(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "feedback.db"
+    store = FeedbackStore(f"sqlite:///{path}", queue_file=tmp_path / "q.jsonl")
+    assert store.submit(make_feedback(label=1)).status == "saved"
+    holder = sqlite3.connect(path)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the write lock and does not let go
+    blocked = make_feedback(label=2)
+    assert store.submit(blocked).status == "queued"
+    holder.rollback()
+    holder.close()
+    assert store.flush_queue() == 1 and store.count() == 2
+    store.dispose()
