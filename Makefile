@@ -49,9 +49,8 @@ evaluate: setup ## evaluate models/default (or MODEL=path) on the MNIST test set
 	$(PY) -m digitlib evaluate $(if $(MODEL),--model $(MODEL))
 
 default-model: setup ## retrain models/default (default recipe) by the train notebook; report in reports/
-	$(PAPERMILL) $(TRAIN_NB) reports/default-train.ipynb -p run_name default
-	$(PAPERMILL) $(EVALUATE_NB) reports/default-evaluate.ipynb -p model models/default -p name default
-	$(call to_html,reports/default-train.ipynb reports/default-evaluate.ipynb)
+	$(RUN_NB) $(TRAIN_NB) reports/default-train.ipynb -p run_name default
+	$(RUN_NB) $(EVALUATE_NB) reports/default-evaluate.ipynb -p model models/default -p name default
 
 benchmark: setup ## run every benchmark (minutes) and write reports/benchmarks.md
 	$(PY) benchmarks/run_all.py
@@ -62,24 +61,33 @@ clean: ## remove caches (keeps .venv, data and models)
 
 # --- notebooks and experiments ---------------------------------------------------------------
 PAPERMILL := $(VENV)/bin/papermill
+# papermill with a check first: parameter names the notebook does not take are refused (with the
+# closest one it does), progress as text lines, HTML beside the executed notebook.
+RUN_NB := $(PY) -m digitlib run-notebook
+# The notebooks' kernelspec: this .venv's Python (the Dockerfile installs the same).
+KERNEL_INSTALL := $(PY) -m ipykernel install --sys-prefix --name digitlab --display-name "Python (digitlab)"
 TRAIN_NB := notebooks/1.0-dl-train-cnn.ipynb
 EVALUATE_NB := notebooks/2.0-dl-evaluate-model.ipynb
 RUN ?= quick
 TRAIN_PARAMS ?= -p epochs 3
 SWEEP ?= experiments/lr-arch.yaml
-to_html = $(VENV)/bin/jupyter nbconvert --log-level WARN --to html $(1)
 
 LAB_IP ?= 127.0.0.1
 LAB_PORT ?= 8888
+LAB_ARGS ?=
+# Jupyter refuses to run as root unless told; in a container root is the usual user. A config file
+# in .venv (not --allow-root) keeps the command the same as docker-compose.yml's.
+LAB_ROOT_CONFIG := $(VENV)/etc/jupyter/jupyter_lab_config.json
 
-lab: setup ## JupyterLab with this project's .venv as its kernel ("Python (digitlab)"), token-protected
-	$(PY) -m ipykernel install --sys-prefix --name digitlab --display-name "Python (digitlab)"
-	$(VENV)/bin/jupyter lab --notebook-dir=. --ip=$(LAB_IP) --port=$(LAB_PORT) --no-browser
+lab: setup ## JupyterLab on the project's kernel "Python (digitlab)"; prints its URL with the token; LAB_ARGS="..." adds options
+	$(KERNEL_INSTALL)
+	@if [ "$$(id -u)" = 0 ] && [ ! -f $(LAB_ROOT_CONFIG) ]; then mkdir -p $(dir $(LAB_ROOT_CONFIG)) && \
+		echo '{"ServerApp": {"allow_root": true}}' > $(LAB_ROOT_CONFIG) && echo "running as root: allowed by $(LAB_ROOT_CONFIG)"; fi
+	$(VENV)/bin/jupyter lab --notebook-dir=. --ip=$(LAB_IP) --port=$(LAB_PORT) --no-browser $(LAB_ARGS)
 
 reports: setup ## train + evaluate notebooks into reports/ with HTML: make reports RUN=quick TRAIN_PARAMS="-p epochs 3"
-	$(PAPERMILL) $(TRAIN_NB) reports/$(RUN)-train.ipynb -p run_name $(RUN) $(TRAIN_PARAMS)
-	$(PAPERMILL) $(EVALUATE_NB) reports/$(RUN)-evaluate.ipynb -p model models/$(RUN)
-	$(call to_html,reports/$(RUN)-train.ipynb reports/$(RUN)-evaluate.ipynb)
+	$(RUN_NB) $(TRAIN_NB) reports/$(RUN)-train.ipynb -p run_name $(RUN) $(TRAIN_PARAMS)
+	$(RUN_NB) $(EVALUATE_NB) reports/$(RUN)-evaluate.ipynb -p model models/$(RUN)
 
 sweep: setup ## run a sweep of notebook runs: make sweep SWEEP=experiments/lr-arch.yaml
 	$(PY) -m digitlib sweep $(SWEEP)
@@ -105,6 +113,7 @@ migrate: setup ## feedback schema to the newest revision at DATABASE_URL; GRANT_
 	$(PY) -m digitlib.migrations upgrade$(if $(GRANT_TO), --grant-to $(GRANT_TO))
 
 trainer: setup ## retrain on the feedback: the retrain notebook by papermill into reports/retrain.ipynb
+	$(KERNEL_INSTALL)
 	$(PAPERMILL) $(RETRAIN_NB) reports/retrain.ipynb
 
 proxy: ## Caddy with HTTPS in front of dashboard (DASHBOARD_UPSTREAMS="host:port ..." for replicas) and lab
@@ -124,17 +133,16 @@ up: check-env ## the whole stack with docker compose: DASHBOARD_REPLICAS dashboa
 ANALYSE_NB := notebooks/3.0-dl-analyse-feedback.ipynb
 FEEDBACK_EXPORT ?= data/feedback-export
 RETRAIN_PARAMS ?=
+ANALYSE_PARAMS ?=
 
-analyse: setup ## analyse the feedback at DATABASE_URL: reports/feedback-analysis.ipynb + .html, figures in reports/figures/feedback/
-	$(PAPERMILL) $(ANALYSE_NB) reports/feedback-analysis.ipynb
-	$(call to_html,reports/feedback-analysis.ipynb)
+analyse: setup ## analyse the feedback at DATABASE_URL: reports/feedback-analysis.ipynb + .html, figures in reports/figures/feedback/ (ANALYSE_PARAMS="-p freq h")
+	$(RUN_NB) $(ANALYSE_NB) reports/feedback-analysis.ipynb $(ANALYSE_PARAMS)
 
 export-feedback: setup ## write the feedback as a training set with its manifest into data/feedback-export/
 	$(PY) -m digitlib export-feedback $(FEEDBACK_EXPORT)
 
 retrain: setup ## fine-tune on MNIST + feedback, compare, promote by the rule: reports/retrain.ipynb + .html (RETRAIN_PARAMS="-p oversample 5")
-	$(PAPERMILL) notebooks/4.0-dl-retrain-with-feedback.ipynb reports/retrain.ipynb $(RETRAIN_PARAMS)
-	$(call to_html,reports/retrain.ipynb)
+	$(RUN_NB) $(RETRAIN_NB) reports/retrain.ipynb $(RETRAIN_PARAMS)
 
 promote: setup ## make a registered version current: make promote VERSION=feedback-20250101T000000Z [FORCE=1]
 	$(PY) -m digitlib promote $(VERSION)$(if $(FORCE), --force)

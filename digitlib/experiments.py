@@ -8,10 +8,14 @@ sweep goes on. Results land in reports/experiments.csv and a comparison plot.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import itertools
 import json
 import logging
+import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -77,8 +81,15 @@ def training_metrics(result, test_summary: dict | None = None) -> dict:
 
 
 def history_table(history: list[dict]) -> pd.DataFrame:
-    """The per-epoch history as a table to show under the curves."""
-    return pd.DataFrame(history).set_index("epoch").round(4)
+    """The per-epoch history as a table to show under the curves (seconds: training only).
+
+    The learning rate keeps its magnitude (rounding to 4 places showed 3e-5 as 0.0).
+    """
+    table = pd.DataFrame(history).set_index("epoch")
+    rounded = table.drop(columns=["lr"], errors="ignore").round(4)
+    if "lr" in table:
+        rounded.insert(0, "lr", [f"{v:.2e}" for v in table["lr"]])
+    return rounded
 
 
 def evaluation_metrics(model, test_summary: dict, ece: float, drawings_summary: dict | None) -> dict:
@@ -109,12 +120,39 @@ class NotebookRun:
     seconds: float = 0.0
 
 
+# A widget (tqdm's bar in Lab) is drawn by a script from a CDN in an HTML export; its text form
+# is kept instead, so a report opens offline.
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+# Kernels started for reports get this: digitlib.modeling.train then prints a line per epoch
+# instead of drawing a widget (Lab keeps its live bar).
+PROGRESS_ENV = "DIGITLIB_PROGRESS"
+KERNEL_NAME = "digitlab"  # the notebooks' kernelspec; `make setup` and `make lab` install it
+KERNEL_DISPLAY_NAME = "Python (digitlab)"
+
+
+def _no_alt_text_warning(record: logging.LogRecord) -> bool:
+    """nbconvert's warning about images without alt text: harmless here, the markdown around each
+    figure says what it shows."""
+    return "Alternative text is missing" not in record.getMessage()
+
+
 def export_html(notebook: str | Path) -> Path:
-    """Write <notebook>.html beside it (figures embedded, so it opens anywhere)."""
+    """Write <notebook>.html beside it (figures embedded, no widget scripts: it opens offline)."""
+    import nbformat
     from nbconvert import HTMLExporter
 
     notebook = Path(notebook)
-    body, _ = HTMLExporter().from_filename(str(notebook))
+    nb = nbformat.read(notebook, as_version=4)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_MIME in data and len(data) > 1:
+                del data[WIDGET_MIME]
+    exporter = HTMLExporter()
+    if _no_alt_text_warning not in exporter.log.filters:
+        exporter.log.addFilter(_no_alt_text_warning)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
     target = notebook.with_suffix(".html")
     target.write_text(body, encoding="utf-8")
     return target
@@ -127,6 +165,93 @@ def _describe(error: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
+def notebook_parameters(notebook: str | Path) -> dict:
+    """The names a notebook's `parameters` cell takes, with papermill's description of each."""
+    import papermill
+
+    papermill_log = logging.getLogger("papermill")
+    level = papermill_log.level
+    papermill_log.setLevel(logging.WARNING)  # not its "Input Notebook: ..." line for a look inside
+    try:
+        return papermill.inspect_notebook(str(project_path(notebook)))
+    finally:
+        papermill_log.setLevel(level)
+
+
+def check_parameters(notebook: str | Path, runs: list[dict]) -> None:
+    """Refuse names the notebook does not take, naming the closest one it does: papermill would
+    only warn, and the run would silently use the default (`-p epoch 1` trains 20 epochs)."""
+    known = sorted(notebook_parameters(notebook))
+    for run in runs:
+        unknown = sorted(set(run) - set(known))
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, known, n=1)
+                hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+            raise ValueError(f"{Path(notebook).name} has no parameter {', '.join(hints)}; it takes {', '.join(known)}")
+
+
+def parse_value(text: str):
+    """A `-p name value` value as papermill's command line reads it: bool, None, int, float or str."""
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "None":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def ensure_kernel() -> str:
+    """Install the project's kernelspec (this Python) when it is missing; returns its name."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL_NAME not in KernelSpecManager().find_kernel_specs():
+        from ipykernel.kernelspec import install
+
+        install(kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY_NAME, prefix=sys.prefix)
+        log.info("installed the %s kernel (%s) for this Python", KERNEL_NAME, sys.executable)
+    return KERNEL_NAME
+
+
+def _ipc_kernel_manager():
+    """Kernels over local sockets (ipc): no "running over TCP without encryption" warning,
+    and no port another user on the machine could connect to."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self):
+            return "ipc"
+
+        async def _async_interrupt_kernel(self):
+            # jupyter_client interrupts before every shutdown; a finished run's kernel is idle, and
+            # the interrupt only made it log "KeyboardInterrupt caught in kernel".
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return IPCKernelManager
+
+
+@contextlib.contextmanager
+def _report_progress():
+    """Kernels started inside print progress as text lines (see PROGRESS_ENV)."""
+    before = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = "lines"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = before
+
+
 def run_notebook(
     notebook: str | Path,
     output: str | Path,
@@ -135,23 +260,30 @@ def run_notebook(
     timeout: int | None = None,
     progress: bool = False,
 ) -> NotebookRun:
-    """Execute `notebook` with `parameters` into `output` (+ HTML); never raises for a failed run."""
+    """Execute `notebook` with `parameters` into `output` (+ HTML); never raises for a failed run.
+
+    Unknown parameter names are refused (ValueError) before anything runs.
+    """
     import papermill
 
+    parameters = dict(parameters or {})
+    check_parameters(notebook, [parameters])
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    parameters = dict(parameters or {})
     start = time.perf_counter()
     status, error = "ok", ""
     try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(output),
-            parameters=parameters,
-            progress_bar=progress,
-            execution_timeout=timeout,
-            cwd=str(config.PROJ_ROOT),
-        )
+        with _report_progress():
+            papermill.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters=parameters,
+                kernel_name=ensure_kernel(),
+                progress_bar=progress,
+                execution_timeout=timeout,
+                cwd=str(config.PROJ_ROOT),
+                kernel_manager_class=_ipc_kernel_manager(),
+            )
     except Exception as e:  # a failing run is a result to record, whatever went wrong in it
         status, error = "failed", _describe(e)
         log.warning("%s failed: %s", output.name, error)
@@ -211,18 +343,6 @@ def load_sweep(path: str | Path) -> Sweep:
     if not runs:
         raise ValueError(f"{path}: no runs (give a grid, runs, or both)")
     return Sweep(name, notebook, runs)
-
-
-def check_parameters(notebook: Path, runs: list[dict]) -> None:
-    """Refuse names the notebook does not take: papermill would only warn, and the run would
-    silently use the default instead (a misspelt `learning_rate` trains with the default lr)."""
-    import papermill
-
-    known = set(papermill.inspect_notebook(str(notebook)))
-    for run in runs:
-        unknown = set(run) - known
-        if unknown:
-            raise ValueError(f"{notebook.name} has no parameters {sorted(unknown)}; it takes {sorted(known)}")
 
 
 def _table_row(sweep: Sweep, run: NotebookRun, metrics: dict, reports_dir: Path) -> dict:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
+import nbformat
 import pandas as pd
 import pytest
 
 from digitlib import config, experiments
 from digitlib.cli import main
+from digitlib.modeling.train import TrainConfig, epoch_line, train
 
 SWEEP_FILES = sorted((config.PROJ_ROOT / "experiments").glob("*.yaml"))
 
@@ -53,8 +57,92 @@ def test_bad_sweep_files_are_refused(tmp_path, text, message):
 
 
 def test_misspelt_parameter_is_refused_before_anything_runs():
-    with pytest.raises(ValueError, match=r"no parameters \['learning_rate'\]"):
+    with pytest.raises(ValueError, match=r"no parameter 'learning_rate'; it takes arch, augment"):
         experiments.check_parameters(experiments.TRAIN_NOTEBOOK, [{"learning_rate": 0.1, "run_name": "a"}])
+
+
+def test_misspelt_parameter_names_the_close_match():
+    with pytest.raises(ValueError, match=r"no parameter 'epoch' \(did you mean 'epochs'\?\)"):
+        experiments.check_parameters(experiments.TRAIN_NOTEBOOK, [{"epoch": 1}])
+
+
+@pytest.mark.parametrize("notebook", sorted(config.NOTEBOOKS_DIR.glob("*.ipynb")), ids=lambda p: p.name)
+def test_run_notebook_refuses_unknown_names_before_it_runs(notebook, tmp_path):
+    with pytest.raises(ValueError, match="did you mean 'figures_dir'"):
+        experiments.run_notebook(notebook, tmp_path / "out.ipynb", {"figure_dir": "x"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parameter_values_are_read_as_papermill_reads_them():
+    values = ["3", "3e-4", "0.5", "True", "False", "None", "vggbn", "models/x", "-2"]
+    assert [experiments.parse_value(v) for v in values] == [3, 3e-4, 0.5, True, False, None, "vggbn", "models/x", -2]
+
+
+def test_cli_run_notebook_refuses_a_misspelt_parameter(capsys):
+    code = main(["run-notebook", str(experiments.TRAIN_NOTEBOOK), "/nonexistent/x.ipynb", "-p", "epoch", "1"])
+    assert code == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="make is not installed")
+@pytest.mark.parametrize(
+    ("target", "variable"),
+    [
+        ("reports", "TRAIN_PARAMS=-p epoch 1"),
+        ("retrain", "RETRAIN_PARAMS=-p oversampel 5"),
+        ("analyse", "ANALYSE_PARAMS=-p frequency h"),
+    ],
+)
+def test_make_refuses_a_misspelt_notebook_parameter_before_it_runs(target, variable):
+    run = "h6-typo-check"
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-o", ".venv/.installed", target, f"RUN={run}", variable],
+        cwd=config.PROJ_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "did you mean" in done.stderr and "no parameter" in done.stderr
+    # Refused before anything ran: no report, no model.
+    assert not (config.REPORTS_DIR / f"{run}-train.ipynb").exists() and not (config.MODELS_DIR / run).exists()
+
+
+def test_history_table_keeps_the_learning_rate_magnitude():
+    history = [{"epoch": 1, "train_loss": 0.123456, "lr": 3e-5, "seconds": 2.0}]
+    table = experiments.history_table(history)
+    assert table.loc[1, "lr"] == "3.00e-05" and table.loc[1, "train_loss"] == 0.1235
+
+
+def test_html_export_keeps_the_text_of_widgets_and_needs_no_widget_script(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("bar")])
+    view = {"model_id": "abc", "version_major": 2, "version_minor": 0}
+    data = {"application/vnd.jupyter.widget-view+json": view, "text/plain": "epochs: 100% 3/3"}
+    nb.cells[0].outputs = [nbformat.v4.new_output("display_data", data)]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}}
+    nbformat.write(nb, tmp_path / "r.ipynb")
+    html = experiments.export_html(tmp_path / "r.ipynb").read_text()
+    assert "epochs: 100% 3/3" in html
+    assert "html-manager" not in html and "widget-view" not in html
+
+
+def test_epoch_line_shows_training_and_validation_time_and_the_learning_rate():
+    record = {"epoch": 2, "train_loss": 0.2, "train_accuracy": 0.95, "val_loss": 0.1, "val_accuracy": 0.975,
+              "lr": 3e-5, "seconds": 4.0, "images_per_second": 13750.0}  # fmt: skip
+    line = epoch_line(record, 5, val_seconds=0.9)
+    assert line == (
+        "epoch 2/5: train loss 0.2000 acc 95.00%, val loss 0.1000 acc 97.50%, "
+        "lr 3.00e-05, 4.0 s training + 0.9 s validation (13,750 images/s)"
+    )
+
+
+def test_reports_print_a_line_per_epoch_and_no_bar(mnist_train, capsys, monkeypatch):
+    monkeypatch.setenv(experiments.PROGRESS_ENV, "lines")
+    cfg = TrainConfig(arch="seed", epochs=2, train_subset=256, augment="none", val_size=0, precision="fp32")
+    train(cfg, mnist_train, None)
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()] == ["epoch 1/2", "epoch 2/2"]
+    assert "it/s" not in err and "epochs:" not in err  # no tqdm bar
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)

@@ -98,7 +98,7 @@ def test_default_model_target_passes_only_parameters_the_train_notebook_takes():
         text=True,
         check=True,
     ).stdout
-    command = next(line for line in dry_run.splitlines() if "papermill" in line and "default-train" in line)
+    command = next(line for line in dry_run.splitlines() if "run-notebook" in line and "default-train" in line)
     passed = dict(re.findall(r"-p (\S+) (\S+)", command))
     assert set(passed) <= set(papermill.inspect_notebook(str(experiments.TRAIN_NOTEBOOK)))
     assert passed["run_name"] == "default"
@@ -233,7 +233,7 @@ def test_every_notebook_has_ci_parameters():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_and_writes_figures_and_metrics(notebook, tmp_path, request):
+def test_notebook_runs_and_writes_figures_and_metrics(notebook, tmp_path, request, capfd):
     if notebook.name not in CI_CASES:
         pytest.fail(f"{notebook.name} has no tiny parameters in CI_CASES")
     params, expected, check = CI_CASES[notebook.name](tmp_path, request)
@@ -244,6 +244,14 @@ def test_notebook_runs_and_writes_figures_and_metrics(notebook, tmp_path, reques
     html = run.html.read_text()
     assert html.count("data:image/png") >= 2  # figures embedded: the report opens anywhere
     assert notebook_problems(notebook) == []  # running it left the committed notebook clean
+    # Stands alone offline: no widget (its script would come from a CDN), progress as text.
+    assert "widget-view" not in run.notebook.read_text() and "html-manager" not in html
+    if notebook.name in ("1.0-dl-train-cnn.ipynb", "4.0-dl-retrain-with-feedback.ipynb"):
+        assert re.search(r"epoch 1/1: train loss \d\.\d{4} acc \d+\.\d\d%", html)
+    # Known-harmless noise of kernels, nbconvert and shutdown is gone from the run's output.
+    printed = capfd.readouterr()
+    for noise in ("without encryption", "Alternative text is missing", "KeyboardInterrupt"):
+        assert noise not in printed.out + printed.err
 
 
 @pytest.mark.slow

@@ -287,14 +287,17 @@ def train(
     history: list[dict] = []
     train_seconds, images_seen, stopped = 0.0, 0, False
     progress = progress and rank == 0  # one progress bar, however many processes
-    epochs = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", disable=not progress)
+    # A live bar (a widget in Lab) and a text line per epoch; reports run by papermill set
+    # DIGITLIB_PROGRESS=lines: only the lines, which the executed notebook and its HTML keep.
+    bar = progress and os.environ.get("DIGITLIB_PROGRESS") != "lines"
+    epochs = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", disable=not bar)
     for epoch in epochs:
         net.train()
         order = torch.randperm(len(train_digits), device=device, generator=generator)[rank::world][:per_rank]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         start = time.perf_counter()
-        batches = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not progress)
+        batches = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not bar)
         for step in batches:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             y = train_digits.labels[idx]
@@ -322,10 +325,13 @@ def train(
             "seconds": seconds,
             "images_per_second": seen / seconds,
         }
+        val_start = time.perf_counter()
         if val_digits is not None and len(val_digits):
             record["val_loss"], record["val_accuracy"] = evaluate_loss_accuracy(model, val_digits)
         history.append(record)
         epochs.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k.endswith(("loss", "accuracy"))})
+        if progress:
+            epochs.write(epoch_line(record, cfg.epochs, time.perf_counter() - val_start))
         if on_epoch:
             on_epoch(record, model)
         if cfg.target_accuracy and record.get("val_accuracy", 0) >= cfg.target_accuracy:
@@ -335,6 +341,18 @@ def train(
     precision = "bf16" if bf16 else "fp32"
     hardware = hardware_name(device)
     return TrainResult(model.cpu(), cfg, history, str(device), train_seconds, images_seen, stopped, precision, hardware)
+
+
+def epoch_line(record: dict, epochs: int, val_seconds: float = 0.0) -> str:
+    """One epoch as text: losses, accuracies, learning rate at its end, and where the time went."""
+    train_part = f"train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.2%}"
+    parts = [f"epoch {record['epoch']}/{epochs}: {train_part}"]
+    if "val_accuracy" in record:
+        parts.append(f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2%}")
+    timing = f"{record['seconds']:.1f} s training"
+    timing += f" + {val_seconds:.1f} s validation" if "val_accuracy" in record else ""
+    parts.append(f"lr {record['lr']:.2e}, {timing} ({record['images_per_second']:,.0f} images/s)")
+    return ", ".join(parts)
 
 
 def save_training(result: TrainResult, directory: str | Path, extra_metadata: dict | None = None) -> Path:
