@@ -47,6 +47,7 @@ MAX_LIST = 64
 MAX_KEYS = 64
 MAX_NUMBER = 1e9
 MAX_BAD_FRAMES = 20  # then the socket is closed: no browser of ours sends one
+MAX_SOCKETS_PER_KERNEL = 4
 CHANNELS = {"shell", "control", "iopub", "stdin"}
 # What the dashboard's page sends (Voilà allows shutdown_request too; its page uses an HTTP beacon).
 MESSAGE_TYPES = {"comm_open", "comm_close", "comm_msg", "comm_info_request", "kernel_info_request"}
@@ -200,6 +201,15 @@ class GuardedKernelConnection(ZMQChannelsWebsocketConnection):
     and shuts its kernel down once no page is connected to it for `DISCONNECT_GRACE_S`."""
 
     bad_frames = 0
+
+    async def prepare(self):
+        # Each socket holds ZMQ sockets (file descriptors): a page needs one, a reload briefly two.
+        if self.multi_kernel_manager._kernel_connections.get(self.kernel_id, 0) >= MAX_SOCKETS_PER_KERNEL:
+            self.log.warning(
+                "digitlib guard: refused socket %d on kernel %s", MAX_SOCKETS_PER_KERNEL + 1, self.kernel_id
+            )
+            raise tornado.web.HTTPError(503, "too many connections to this kernel")
+        await super().prepare()
 
     def disconnect(self):
         manager, kernel_id = self.multi_kernel_manager, self.kernel_id

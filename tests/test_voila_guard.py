@@ -25,6 +25,7 @@ from digitlib import config
 from digitlib.dashboard_server import running_voila
 from digitlib.voila_guard import (
     DISCONNECT_GRACE_S,
+    MAX_SOCKETS_PER_KERNEL,
     V1,
     Caps,
     FrameError,
@@ -209,7 +210,7 @@ class KernelSocket:
     def __init__(self, url: str, kernel_id: str) -> None:
         import websocket
 
-        ws_url = url.replace("http://", "ws://") + f"api/kernels/{kernel_id}/channels?session_id=test"
+        ws_url = url.replace("http://", "ws://") + f"api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}"
         self.ws = websocket.create_connection(ws_url, subprotocols=[V1], timeout=30)
 
     def send(self, frame: bytes) -> None:
@@ -272,6 +273,25 @@ def test_hostile_frames_over_the_real_socket_cost_nothing(server):
     sock.close()
     for client_session, kernel in [(session, kernel_id), (second_session, second)]:
         shut_down(url, client_session, kernel)
+
+
+@pytest.mark.slow
+def test_a_kernel_takes_only_a_few_sockets(server):
+    import websocket
+
+    url = server
+    session, kernel_id = open_page(url, "10.6.0.1")
+    sockets = [KernelSocket(url, kernel_id) for _ in range(MAX_SOCKETS_PER_KERNEL)]
+    with pytest.raises(websocket.WebSocketBadStatusException, match="503"):
+        KernelSocket(url, kernel_id)
+    assert sockets[0].ask(v1_frame("kernel_info_request", {}), lambda t, c: t == "kernel_info_reply")  # all open
+    sockets.pop().close()
+    time.sleep(1)
+    sockets.append(KernelSocket(url, kernel_id))  # a place again
+    assert http_answers(url) < 2
+    for sock in sockets:
+        sock.close()
+    shut_down(url, session, kernel_id)
 
 
 def canvas_state(sock: KernelSocket, comm_ids) -> tuple[str, dict]:
