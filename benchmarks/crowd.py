@@ -37,7 +37,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from voila_client import VisitError, Visitor  # noqa: E402
+from voila_client import Visitor  # noqa: E402
 
 from digitlib import config  # noqa: E402
 from digitlib.dashboard_server import free_port, running_voila, stop_group, wait_until_listening  # noqa: E402
@@ -209,7 +209,7 @@ def visitor_run(args, url: str, start_at: float, drawings: list[dict], seed: int
             touch = args.touch_every > 0 and i % args.touch_every == args.touch_every - 1
             visitor.draw(drawing["strokes"], touch=touch)
             visitor.answer(drawing["label"], drawing["strokes"][0][0])
-    except (VisitError, OSError, Exception) as e:  # what the visitor saw go wrong is the figure
+    except Exception as e:  # a timeout, a refused page, a dropped socket: what the visitor saw is the figure
         visitor.visit.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     finally:
         visitor.close()
