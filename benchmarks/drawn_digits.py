@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import torch
 
 from digitlib import config
@@ -31,7 +32,7 @@ def main() -> None:
     model = load_model(args.model)
     drawings = load_drawings(args.file)
     ours = evaluate_drawings(model, drawings)
-    shrunk = Digits(torch.stack([resize_canvas_directly(d.strokes) for d in drawings]), ours.digits.labels)
+    shrunk = Digits(torch.from_numpy(np.stack([resize_canvas_directly(d.strokes) for d in drawings])), ours.digits.labels)
     baseline = evaluate(model, shrunk).accuracy
 
     summary = ours.summary()

@@ -34,7 +34,7 @@ def make_rows(n: int) -> list[Feedback]:
             strokes=d.strokes,
             true_label=d.label,
             probabilities=probabilities,
-            image=strokes_to_input(d.strokes).numpy(),
+            image=strokes_to_input(d.strokes),
             model_version="bench",
             session_id="bench",
         )

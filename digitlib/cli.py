@@ -106,6 +106,17 @@ def cmd_eval_drawings(args: argparse.Namespace) -> dict:
     return {"model": str(model.path), "version": model.version, "file": str(args.file), **result}
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> dict:
+    from digitlib.modeling.export import export_onnx
+    from digitlib.registry import resolve_model_dir
+
+    directory = Path(args.model) if args.model else resolve_model_dir()
+    entry = export_onnx(directory, check_limit=args.check_limit)
+    checked = {name: figures["n"] for name, figures in entry["checked"].items()}
+    return {"model": str(directory), "onnx": str(directory / entry["file"]), "sha256": entry["sha256"],
+            "opset": entry["opset"], "onnxruntime": entry["onnxruntime_version"], "checked": checked}  # fmt: skip
+
+
 def cmd_sweep(args: argparse.Namespace) -> dict:
     from digitlib.experiments import load_sweep, run_sweep
 
@@ -209,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--model", help="model directory (default: models/default)")
     dr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     dr.set_defaults(func=cmd_eval_drawings)
+
+    ox = sub.add_parser("export-onnx", help="write or refresh a model directory's model.onnx (checked against torch)")
+    ox.add_argument("--model", help=f"model directory (default: {config.MODEL_DIR.name} setting, current version)")
+    ox.add_argument("--check-limit", type=int, help="check on the first N images of each set (default: all)")
+    ox.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ox.set_defaults(func=cmd_export_onnx)
 
     sw = sub.add_parser("sweep", help="run a YAML grid of parameter sets through a notebook (papermill)")
     sw.add_argument("file", help="sweep file, e.g. experiments/lr-arch.yaml")

@@ -34,22 +34,11 @@ class Setting:
         return os.environ.get(self.name) or self.default
 
 
-@dataclass(frozen=True)
-class ModelSetting(Setting):
-    """DIGITLIB_MODEL when set, else the model registry's current version, else models/default."""
-
-    def get(self) -> str:
-        if os.environ.get(self.name):
-            return os.environ[self.name]
-        from digitlib.registry import current_model_dir  # lazy: the registry imports model code
-
-        return str(current_model_dir(MODELS_DIR))
-
-
 MNIST_DIR = Setting("MNIST_DIR", "", "Folder holding the four MNIST IDX files (.gz or raw).")
-MODEL_DIR = ModelSetting(
+# Unset, the registry decides (registry.resolve_model_dir): its current version, else models/default.
+MODEL_DIR = Setting(
     "DIGITLIB_MODEL",
-    str(DEFAULT_MODEL_DIR),
+    "",
     "Model directory used by default (unset: the registry's current version, else models/default).",
 )
 DRAWINGS_FILE = Setting(
@@ -70,6 +59,12 @@ SUBMIT_RATE = Setting(
 )
 SUBMIT_BURST = Setting(
     "DIGITLIB_SUBMIT_BURST", "5", "Answers one dashboard session may store in a quick burst before the rate applies."
+)
+
+ONNX_CHECK = Setting(
+    "DIGITLIB_ONNX_CHECK",
+    "",
+    "Images of each check set an ONNX export is compared on (unset: all of MNIST test and the pen digits).",
 )
 
 # The Voila server (digitlib/voila_guard.py), read when it starts.
@@ -98,6 +93,7 @@ SETTINGS = (
     DEVICE,
     SUBMIT_RATE,
     SUBMIT_BURST,
+    ONNX_CHECK,
     POOL_SIZE,
     MAX_KERNELS,
     MAX_KERNELS_PER_CLIENT,

@@ -5,6 +5,9 @@ ipywidgets to it, predicts at the end of every stroke through preprocess.strokes
 (the one path to the model's input) and stores answers with store.FeedbackStore. The
 handlers are plain methods, so tests drive them without a browser. The Voilà notebook
 (dashboards/digits.ipynb) only calls `build_dashboard()` and displays it.
+
+Every visitor gets a kernel that imports this module, so it imports no torch: the model is
+the version's model.onnx run by ONNX Runtime (digitlib.serving).
 """
 
 from __future__ import annotations
@@ -18,11 +21,9 @@ from dataclasses import dataclass
 
 import ipywidgets as widgets
 import numpy as np
-import torch
 from ipycanvas import Canvas, hold_canvas
 
 from digitlib.limits import TokenBucket, submission_limit
-from digitlib.modeling.checkpoint import CheckpointError, LoadedModel, load_model
 from digitlib.preprocess import (
     CANVAS_SIZE,
     DEFAULT_BRUSH,
@@ -34,6 +35,7 @@ from digitlib.preprocess import (
     strokes_to_input,
 )
 from digitlib.registry import LiveModel
+from digitlib.serving import CheckpointError, OnnxModel, load_onnx_model
 from digitlib.store import FeedbackError, FeedbackStore, StoreConfigError, image_to_png
 
 log = logging.getLogger(__name__)
@@ -154,7 +156,7 @@ class DrawingPad:
 @dataclass(frozen=True)
 class Prediction:
     probabilities: list[float]
-    image: torch.Tensor  # the uint8 28x28 input the model saw
+    image: np.ndarray  # the uint8 28x28 input the model saw
     model_version: str = ""  # the model that made it: the stored row names this one
 
     @property
@@ -166,10 +168,14 @@ class Prediction:
         return self.probabilities[self.digit]
 
 
-def predict_strokes(model: LoadedModel, strokes, brush: Brush = DEFAULT_BRUSH) -> Prediction:
-    """Strokes on the canvas -> the model's probabilities, through the one preprocessing path."""
+def predict_strokes(model: OnnxModel, strokes, brush: Brush = DEFAULT_BRUSH) -> Prediction:
+    """Strokes on the canvas -> the model's probabilities, through the one preprocessing path.
+
+    `model` is anything with predict_proba on uint8 (N, 28, 28) arrays and a version: the ONNX
+    model here, a torch LoadedModel in evaluations.
+    """
     image = strokes_to_input(strokes, brush)
-    probabilities = model.predict_proba(image.unsqueeze(0))[0]
+    probabilities = model.predict_proba(image[None])[0]
     return Prediction([float(p) for p in probabilities], image, model.version)
 
 
@@ -206,7 +212,7 @@ class Dashboard:
 
     def __init__(
         self,
-        model: LoadedModel | LiveModel,
+        model: OnnxModel | LiveModel,
         store: FeedbackStore,
         brush: Brush = DEFAULT_BRUSH,
         submit_limit: TokenBucket | None = None,
@@ -224,7 +230,7 @@ class Dashboard:
         # them ipycanvas' note of which canvas is current. The background comes on client_ready.
 
     @property
-    def model(self) -> LoadedModel:
+    def model(self) -> OnnxModel:
         """The model to predict with now: a LiveModel follows promotions and rollbacks (hot swap)."""
         if isinstance(self.model_source, LiveModel):
             return self.model_source.get()
@@ -383,7 +389,7 @@ class Dashboard:
             self.prediction_label.value = str(p.digit)
             self.confidence_label.value = f"<b>{p.confidence:.0%}</b> sure"
             self.bars.value = bars_html(p.probabilities)
-            self.preview.value = image_to_png(p.image.numpy())
+            self.preview.value = image_to_png(p.image)
         self._enable_answers(p is not None and self.pad.drawing_id not in self.saved_ids)
 
     def _enable_answers(self, enabled: bool) -> None:
@@ -429,7 +435,7 @@ class Dashboard:
             strokes=self.pad.as_lists(),
             true_label=label,
             probabilities=p.probabilities,
-            image=p.image.numpy(),
+            image=p.image,
             model_version=p.model_version or self.model.version,
             session_id=self.session_id,
             submission_id=self.pad.drawing_id,
@@ -454,7 +460,7 @@ def build_dashboard(model_dir: str | None = None, database_url: str | None = Non
     """The dashboard's whole page; a model or database that cannot be used gives a message, not a traceback."""
     try:
         # Without a model named here, follow the registry's current pointer (DIGITLIB_MODEL still pins one).
-        model = load_model(model_dir) if model_dir else LiveModel()
+        model = load_onnx_model(model_dir) if model_dir else LiveModel()
         store = FeedbackStore(database_url)
     except (CheckpointError, StoreConfigError) as e:
         log.error("dashboard cannot start: %s", e)

@@ -88,7 +88,7 @@ def drawings_to_digits(drawings: list[Drawing], brush: Brush = DEFAULT_BRUSH) ->
             raise DataError(f"drawing {i} ({d.source} {d.writer}): {e}") from None
     if not images:
         return Digits(torch.empty(0, 28, 28, dtype=torch.uint8), torch.empty(0, dtype=torch.long))
-    return Digits(torch.stack(images), torch.tensor([d.label for d in drawings]))
+    return Digits(torch.from_numpy(np.stack(images)), torch.tensor([d.label for d in drawings]))
 
 
 @dataclass

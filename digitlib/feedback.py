@@ -155,7 +155,7 @@ def _deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     return kept, duplicates, int(conflicting.sum())
 
 
-def _render(frame: pd.DataFrame) -> tuple[list[torch.Tensor], list[int]]:
+def _render(frame: pd.DataFrame) -> tuple[list[np.ndarray], list[int]]:
     """Re-render every drawing through today's preprocessing; returns images and the rows that rendered."""
     images, rendered = [], []
     for position, strokes in enumerate(frame["strokes"]):
@@ -167,8 +167,8 @@ def _render(frame: pd.DataFrame) -> tuple[list[torch.Tensor], list[int]]:
     return images, rendered
 
 
-def _write_split(path: Path, frame: pd.DataFrame, images: list[torch.Tensor]) -> str:
-    stacked = torch.stack(images).numpy() if images else np.zeros((0, 28, 28), np.uint8)
+def _write_split(path: Path, frame: pd.DataFrame, images: list[np.ndarray]) -> str:
+    stacked = np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
     ids = frame["submission_id"].to_numpy(dtype=str)
     np.savez_compressed(path, images=stacked, labels=frame["true_label"].to_numpy(np.int64), submission_ids=ids)
     return file_sha256(path)
@@ -340,7 +340,7 @@ def submit_drawings(store: FeedbackStore, model: LoadedModel, drawings, per_sess
             strokes=drawing.strokes,
             true_label=drawing.label,
             probabilities=prediction.probabilities,
-            image=prediction.image.numpy(),
+            image=prediction.image,
             model_version=prediction.model_version,
             session_id=f"{drawing.source}-{i // per_session}",
         )

@@ -7,6 +7,9 @@ MNIST was made: crop to the ink, scale to fit a 20x20 box keeping the aspect rat
 Strokes are rendered from their recorded points (not from canvas pixels), with a brush whose
 width follows the size of the drawing, so a small and a large drawing of the same digit give
 the same MNIST-like stroke thickness.
+
+numpy and Pillow only: the dashboard kernel imports this and must not load torch. Training
+and evaluation turn the uint8 arrays into tensors at their own edge.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 CANVAS_SIZE = 280  # the dashboard's canvas and the recorded drawings, in pixels
@@ -141,20 +143,20 @@ def to_mnist_layout(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def strokes_to_input(strokes, brush: Brush = DEFAULT_BRUSH, canvas_size: int = CANVAS_SIZE) -> torch.Tensor:
-    """The whole path: strokes in canvas pixels -> uint8 (28, 28) tensor for the model."""
+def strokes_to_input(strokes, brush: Brush = DEFAULT_BRUSH, canvas_size: int = CANVAS_SIZE) -> np.ndarray:
+    """The whole path: strokes in canvas pixels -> uint8 (28, 28) numpy array for the model."""
     arrays = validate_strokes(strokes, canvas_size)
-    return torch.from_numpy(to_mnist_layout(render_strokes(arrays, brush)))
+    return to_mnist_layout(render_strokes(arrays, brush))
 
 
-def drawings_to_inputs(drawings: Sequence, brush: Brush = DEFAULT_BRUSH) -> torch.Tensor:
+def drawings_to_inputs(drawings: Sequence, brush: Brush = DEFAULT_BRUSH) -> np.ndarray:
     """Many drawings (each a list of strokes) -> uint8 (N, 28, 28)."""
     if not len(drawings):
-        return torch.empty(0, MNIST_SIZE, MNIST_SIZE, dtype=torch.uint8)
-    return torch.stack([strokes_to_input(s, brush) for s in drawings])
+        return np.zeros((0, MNIST_SIZE, MNIST_SIZE), dtype=np.uint8)
+    return np.stack([strokes_to_input(s, brush) for s in drawings])
 
 
-def resize_canvas_directly(strokes, brush: Brush = DEFAULT_BRUSH, canvas_size: int = CANVAS_SIZE) -> torch.Tensor:
+def resize_canvas_directly(strokes, brush: Brush = DEFAULT_BRUSH, canvas_size: int = CANVAS_SIZE) -> np.ndarray:
     """The seed apps' way (whole canvas shrunk to 28x28), kept only as a baseline to compare."""
     arrays = validate_strokes(strokes, canvas_size)
     image = Image.new("L", (canvas_size, canvas_size), 0)
@@ -162,7 +164,7 @@ def resize_canvas_directly(strokes, brush: Brush = DEFAULT_BRUSH, canvas_size: i
     for stroke in arrays:
         _ink(draw, stroke, round(brush.display_width))
     small = image.resize((MNIST_SIZE, MNIST_SIZE), Image.Resampling.LANCZOS)
-    return torch.from_numpy(np.asarray(small).copy())
+    return np.asarray(small).copy()
 
 
 __all__ = [

@@ -8,6 +8,10 @@ the CLI use by default; without it, `models/default` is the base version.
 The pointer is only ever replaced whole (write a temporary file, then `os.replace`), so a
 reader sees the old pointer or the new one, never half of one. It keeps the history of
 promotions, so `rollback` goes back one step with a single command.
+
+A version is a name, one directory directly inside models/: a pointer or a promotion naming
+`../x` or an absolute path is refused. This module imports no torch: the dashboard's `LiveModel`
+serves the versions' model.onnx through digitlib.serving.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from digitlib import config
-from digitlib.modeling.checkpoint import METADATA_FILE, WEIGHTS_FILE, CheckpointError, LoadedModel, load_model
+from digitlib.serving import (
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    OnnxModel,
+    load_onnx_model,
+    read_metadata,
+)
 
 POINTER_FILE = "current.json"
 RECORD_FILE = "registry.json"
@@ -43,6 +54,23 @@ def _models_dir(models_dir: str | Path | None) -> Path:
 
 def pointer_path(models_dir: str | Path | None = None) -> Path:
     return _models_dir(models_dir) / POINTER_FILE
+
+
+def version_dir(name: str, models_dir: str | Path | None = None) -> Path:
+    """models/<name>; refuses a name that is not one plain directory inside models/."""
+    root = _models_dir(models_dir)
+    text = str(name)
+    plain = text not in ("", ".", "..") and "/" not in text and "\\" not in text and "\0" not in text
+    directory = root / text
+    if not plain or directory.resolve().parent != root.resolve():
+        raise RegistryError(f"{text!r} is not a version name: versions are directories directly inside {root}")
+    return directory
+
+
+def resolve_model_dir(models_dir: str | Path | None = None) -> Path:
+    """The model to use when none is named: DIGITLIB_MODEL when set (it pins one), else the current version."""
+    pinned = config.MODEL_DIR.get()
+    return Path(pinned) if pinned else current_model_dir(models_dir)
 
 
 # --- the pointer ------------------------------------------------------------------------------
@@ -76,6 +104,11 @@ def read_pointer(models_dir: str | Path | None = None) -> Pointer:
         raise RegistryError(f"{path}: corrupt model pointer ({e}); {fix}") from None
     if not pointer.history or pointer.history[-1] != pointer.current:
         raise RegistryError(f"{path}: corrupt model pointer (history does not end with current); {fix}")
+    for name in pointer.history:
+        try:
+            version_dir(name, models_dir)
+        except RegistryError as e:
+            raise RegistryError(f"{path}: refused: {e}; {fix}") from None
     if not (_models_dir(models_dir) / pointer.current / WEIGHTS_FILE).is_file():
         raise RegistryError(f"{path}: points at {pointer.current!r}, which has no {WEIGHTS_FILE}; {fix}")
     return pointer
@@ -123,7 +156,7 @@ def pointer_stamp(models_dir: str | Path | None = None) -> tuple[int, int] | Non
 
 def version_record(name: str, models_dir: str | Path | None = None) -> dict:
     """What the registry knows of a version: its registry.json, or the model metadata for the base."""
-    directory = _models_dir(models_dir) / name
+    directory = version_dir(name, models_dir)
     if not (directory / WEIGHTS_FILE).is_file():
         raise RegistryError(f"no model version {name!r} in {directory.parent} (no {WEIGHTS_FILE})")
     record_path = directory / RECORD_FILE
@@ -153,15 +186,23 @@ def register(
     comparison: dict | None = None,
     models_dir: str | Path | None = None,
 ) -> dict:
-    """Record a trained model directory models/<name>/ as a version (it is not promoted here)."""
-    directory = _models_dir(models_dir) / name
+    """Record a trained model directory models/<name>/ as a version (it is not promoted here).
+
+    Writes its model.onnx (checked) when it has none, or one exported from other weights.
+    """
+    directory = version_dir(name, models_dir)
     if not (directory / WEIGHTS_FILE).is_file():
         raise RegistryError(f"cannot register {name!r}: {directory / WEIGHTS_FILE} does not exist")
-    meta = json.loads((directory / METADATA_FILE).read_text())
+    from digitlib.modeling.export import export_onnx, onnx_is_current  # torch: only where versions are made
+
+    if not onnx_is_current(directory):
+        export_onnx(directory)
+    meta = read_metadata(directory)
     record = {
         "name": name,
         "version": meta["version"],
         "weights_sha256": meta.get("weights_sha256"),  # the comparison holds for these weights only
+        "onnx_sha256": (meta.get("onnx") or {}).get("sha256"),
         "parent": parent,
         "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "metrics": metrics,
@@ -244,6 +285,7 @@ def promote(name: str, models_dir: str | Path | None = None, force: bool = False
     against the version that is current now (a comparison with an older model proves nothing).
     """
     root = _models_dir(models_dir)
+    version_dir(name, root)  # before anything else: `promote /abs/path --force` is refused too
     with _locked(root):
         pointer = read_pointer(root)
         record = version_record(name, root)
@@ -301,29 +343,25 @@ def rollback(models_dir: str | Path | None = None) -> Pointer:
 
 
 class LiveModel:
-    """The current version, reloaded when promotion or rollback replaces the pointer.
+    """The current version's model.onnx, reloaded when promotion or rollback replaces the pointer.
 
     `get()` costs one stat() when nothing changed, so the dashboard calls it before every
     prediction: an open session switches models without a server restart. A pointer that cannot
-    be used keeps the model already loaded (a visitor never sees a broken page), and is logged.
+    be used (corrupt, naming a path outside models/, a model that fails its checks) keeps the
+    model already loaded (a visitor never sees a broken page), and is logged.
     """
 
-    def __init__(self, models_dir: str | Path | None = None, device: str = "cpu"):
-        self.models_dir, self.device = models_dir, device
+    def __init__(self, models_dir: str | Path | None = None):
+        self.models_dir = models_dir
         self._stamp = pointer_stamp(models_dir)
-        self.model = load_model(self._resolve(), device)
+        self.model = load_onnx_model(resolve_model_dir(models_dir))
 
-    def _resolve(self) -> Path:
-        # DIGITLIB_MODEL pins a model; otherwise the registry decides.
-        pinned = os.environ.get(config.MODEL_DIR.name)
-        return Path(pinned) if pinned else current_model_dir(self.models_dir)
-
-    def get(self) -> LoadedModel:
+    def get(self) -> OnnxModel:
         stamp = pointer_stamp(self.models_dir)
         if stamp != self._stamp:
             self._stamp = stamp
             try:
-                self.model = load_model(self._resolve(), self.device)
+                self.model = load_onnx_model(resolve_model_dir(self.models_dir))
             except CheckpointError as e:
                 log.error("model pointer changed but cannot be used, keeping %s: %s", self.model.version, e)
         return self.model

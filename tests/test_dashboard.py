@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from tiny_model import tiny_model_dir
 
 from digitlib import config
 from digitlib.dashboard import PROMPT, Dashboard, DrawingPad, build_dashboard, label_class, predict_strokes
-from digitlib.modeling.checkpoint import load_model
 from digitlib.preprocess import MAX_POINTS, MAX_STROKES, strokes_to_input
+from digitlib.serving import load_onnx_model
 from digitlib.store import FeedbackStore, png_to_image
 
 SEVEN = [[(60, 50), (220, 50), (120, 240)]]
@@ -21,7 +20,7 @@ ONE_STROKE_PLUS = [[(140, 40), (140, 240)], [(80, 140), (200, 140)]]
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return load_model(tiny_model_dir(tmp_path_factory))
+    return load_onnx_model(tiny_model_dir(tmp_path_factory))  # what the dashboard serves
 
 
 @pytest.fixture
@@ -119,13 +118,13 @@ def test_prediction_after_every_stroke_uses_the_one_preprocessing_path(dash, mod
     draw(dash, ONE_STROKE_PLUS[1:], end="touch")
     second = dash.prediction
     strokes = dash.pad.as_lists()
-    expected = model.predict_proba(strokes_to_input(strokes).unsqueeze(0))[0]
-    assert torch.equal(second.image, strokes_to_input(strokes))
+    expected = model.predict_proba(strokes_to_input(strokes)[None])[0]
+    assert np.array_equal(second.image, strokes_to_input(strokes))
     assert second.probabilities == pytest.approx(expected.tolist())
     assert first.image.sum() != second.image.sum()  # the second stroke changed what the model saw
     assert dash.prediction_label.value == str(int(expected.argmax()))
-    assert f"{expected.max().item():.0%}" in dash.confidence_label.value
-    assert np.array_equal(png_to_image(dash.preview.value), second.image.numpy())
+    assert f"{expected.max():.0%}" in dash.confidence_label.value
+    assert np.array_equal(png_to_image(dash.preview.value), second.image)
     assert dash.bars.value.count('class="row') == 10 and dash.bars.value.count('class="row top"') == 1
     assert not any(b.disabled for b in answer_buttons(dash))
 
@@ -151,7 +150,7 @@ def test_undo_and_clear_update_the_prediction(dash):
     draw(dash, ONE_STROKE_PLUS)
     dash.undo()
     assert len(dash.pad.strokes) == 1
-    assert torch.equal(dash.prediction.image, strokes_to_input(dash.pad.as_lists()))
+    assert np.array_equal(dash.prediction.image, strokes_to_input(dash.pad.as_lists()))
     dash.clear()
     assert dash.pad.empty and dash.prediction is None and PROMPT in dash.prediction_label.value
 
@@ -161,7 +160,7 @@ def test_predict_strokes_matches_the_drawings_evaluator(model):
 
     strokes = [[list(p) for p in s] for s in SEVEN]
     digits = drawings_to_digits([Drawing(strokes, 7)])
-    assert torch.equal(predict_strokes(model, strokes).image, digits.images[0])
+    assert np.array_equal(predict_strokes(model, strokes).image, digits.images[0].numpy())
 
 
 # --- feedback -----------------------------------------------------------------------------
@@ -174,7 +173,7 @@ def test_label_button_stores_one_row_confirms_and_clears(dash, store):
     [row] = store.rows()
     assert row["true_label"] == 7 and row["predicted"] == predicted.digit
     assert row["probabilities"] == pytest.approx(predicted.probabilities)
-    assert np.array_equal(png_to_image(row["image"]), predicted.image.numpy())
+    assert np.array_equal(png_to_image(row["image"]), predicted.image)
     assert np.allclose(np.concatenate(row["strokes"]), np.concatenate(strokes), atol=0.01)
     assert row["session_id"] == dash.session_id and row["model_version"] == dash.model.version
     assert "Saved as 7" in dash.status.value
@@ -257,3 +256,25 @@ def test_build_dashboard_without_a_model_says_so(monkeypatch, tmp_path):
     monkeypatch.setenv(config.MODEL_DIR.name, str(tmp_path / "missing"))
     page = build_dashboard()
     assert "cannot start" in page.value and "no model at" in page.value
+
+
+def test_build_dashboard_without_model_onnx_names_the_command(monkeypatch, tmp_path, model):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(model.path, bare)
+    (bare / "model.onnx").unlink()
+    monkeypatch.setenv(config.MODEL_DIR.name, str(bare))
+    page = build_dashboard()
+    assert "cannot start" in page.value and "digitlib export-onnx --model" in page.value
+
+
+def test_build_dashboard_with_corrupt_metadata_names_the_file(monkeypatch, tmp_path, model):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model.path, broken)
+    (broken / "metadata.json").write_text('{"version": ')
+    monkeypatch.setenv(config.MODEL_DIR.name, str(broken))
+    page = build_dashboard()  # a message in the page, not Voila's generic cell error
+    assert "cannot start" in page.value and str(broken / "metadata.json") in page.value

@@ -26,7 +26,7 @@ def test_unknown_architecture():
 
 def test_save_load_round_trip(tmp_path):
     model = build_model("vggbn").eval()
-    save_model(model, tmp_path / "m", {"arch": "vggbn", "arch_params": {}, "metrics": {"x": 1}})
+    save_model(model, tmp_path / "m", {"arch": "vggbn", "arch_params": {}, "metrics": {"x": 1}}, onnx_check_limit=100)
     loaded = load_model(tmp_path / "m")
     x = torch.randn(3, 1, 28, 28)
     assert torch.equal(model(x), loaded.model(x))
@@ -48,7 +48,7 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
 
 
 def test_checkpoint_for_another_architecture_is_refused(tmp_path):
-    save_model(build_model("seed"), tmp_path / "s", {"arch": "seed", "arch_params": {}})
+    save_model(build_model("seed"), tmp_path / "s", {"arch": "seed", "arch_params": {}}, onnx_check_limit=100)
     with pytest.raises(CheckpointError, match="architecture 'seed', not 'vggbn'"):
         load_model(tmp_path / "s", expect_arch="vggbn")
     # Weights that claim another architecture than they fit.
@@ -61,7 +61,7 @@ def test_checkpoint_for_another_architecture_is_refused(tmp_path):
 
 
 def test_altered_weights_fail_the_checksum(tmp_path):
-    save_model(build_model("seed"), tmp_path / "s", {"arch": "seed", "arch_params": {}})
+    save_model(build_model("seed"), tmp_path / "s", {"arch": "seed", "arch_params": {}}, onnx_check_limit=100)
     path = tmp_path / "s" / "model.pt"
     data = bytearray(path.read_bytes())
     data[-200] ^= 0xFF
@@ -80,3 +80,20 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk" / "model.pt").write_bytes(b"not a zip file at all")
     with pytest.raises(CheckpointError, match="refused"):
         load_model(tmp_path / "junk")
+
+
+def test_corrupt_metadata_is_an_error_naming_the_file(tmp_path):
+    save_model(build_model("seed"), tmp_path / "s", {"arch": "seed", "arch_params": {}}, onnx_check_limit=100)
+    (tmp_path / "s" / "metadata.json").write_bytes(b'{"weights_sha256": "\xff')
+    with pytest.raises(CheckpointError, match=r"s/metadata.json: unreadable model metadata"):
+        load_model(tmp_path / "s")
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    save_model(build_model("seed"), tmp_path / "s", {"arch": "seed", "arch_params": {}}, onnx_check_limit=100)
+    blob = torch.load(tmp_path / "s" / "model.pt", weights_only=True)
+    blob["state_dict"]["6.bias"][3] = float("inf")
+    torch.save(blob, tmp_path / "s" / "model.pt")
+    (tmp_path / "s" / "metadata.json").unlink()
+    with pytest.raises(CheckpointError, match="non-finite weights .* 6.bias"):
+        load_model(tmp_path / "s")

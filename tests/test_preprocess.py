@@ -19,18 +19,18 @@ from digitlib.preprocess import (
 SEVEN = [[[60, 40], [200, 40], [120, 240]]]
 
 
-def centre_of_mass(img: torch.Tensor) -> tuple[float, float]:
-    a = img.double()
-    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
-    return (a * ys).sum().item() / a.sum().item(), (a * xs).sum().item() / a.sum().item()
+def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
+    a = img.astype(np.float64)
+    ys, xs = np.meshgrid(np.arange(28.0), np.arange(28.0), indexing="ij")
+    return (a * ys).sum() / a.sum(), (a * xs).sum() / a.sum()
 
 
 def test_output_is_mnist_shaped_and_centred():
     img = strokes_to_input(SEVEN)
-    assert img.shape == (28, 28) and img.dtype == torch.uint8 and img.max() > 200
+    assert isinstance(img, np.ndarray) and img.shape == (28, 28) and img.dtype == np.uint8 and img.max() > 200
     cy, cx = centre_of_mass(img)
     assert abs(cy - 13.5) <= 0.75 and abs(cx - 13.5) <= 0.75
-    rows, cols = img.nonzero(as_tuple=True)
+    rows, cols = img.nonzero()
     assert rows.max() - rows.min() + 1 == 20  # the taller side fills the 20x20 box
 
 
@@ -38,14 +38,15 @@ def test_size_and_position_do_not_matter():
     big = strokes_to_input(SEVEN)
     small = strokes_to_input([[[x / 3 + 150, y / 3 + 10] for x, y in SEVEN[0]]])
     # Same digit drawn a third of the size elsewhere: same input, same ink thickness.
-    assert (big.float() - small.float()).abs().mean() < 8
-    assert abs(big.float().sum() / small.float().sum() - 1) < 0.1
+    big, small = big.astype(float), small.astype(float)
+    assert np.abs(big - small).mean() < 8
+    assert abs(big.sum() / small.sum() - 1) < 0.1
 
 
 def test_seed_apps_resize_loses_a_small_drawing():
     small = [[[x / 3 + 150, y / 3 + 10] for x, y in SEVEN[0]]]
     # Shrinking the whole canvas leaves a few faint pixels in a corner; our path does not.
-    assert resize_canvas_directly(small).float().sum() < strokes_to_input(small).float().sum() / 3
+    assert resize_canvas_directly(small).astype(float).sum() < strokes_to_input(small).astype(float).sum() / 3
 
 
 def test_a_dot_is_a_valid_drawing():
@@ -118,10 +119,10 @@ def test_real_pen_digits_render(tmp_path):
     path = config.DRAWINGS_FILE.get()
     drawings = load_drawings(path)[:50]
     assert len(drawings) == 50
-    images = torch.stack([strokes_to_input(d.strokes) for d in drawings])
+    images = np.stack([strokes_to_input(d.strokes) for d in drawings])
     # Every drawing lands in the MNIST layout: a 20-pixel box, centre of mass near the centre.
     for img in images:
-        rows, cols = img.nonzero(as_tuple=True)
+        rows, cols = img.nonzero()
         assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 == 20
         cy, cx = centre_of_mass(img)
         assert abs(cy - 13.5) <= 2 and abs(cx - 13.5) <= 2

@@ -4,20 +4,38 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from digitlib import cli, config, registry
-from digitlib.modeling.checkpoint import load_model, save_model
+from digitlib.modeling.checkpoint import CheckpointError, load_model, save_model
 from digitlib.modeling.models import build_model
 from digitlib.registry import LiveModel, RegistryError, decide
+from digitlib.serving import OnnxModel
+
+CHECK = 200  # ONNX export checked on the first images of each set: random test weights, seconds not minutes
+
+
+_SAVED: dict[tuple[str, int], Path] = {}
 
 
 def make_version(models_dir, name, seed=0):
-    """A model directory with random weights: the registry only needs it to exist and load."""
-    torch.manual_seed(seed)
-    save_model(build_model("seed"), models_dir / name, {"arch": "seed", "arch_params": {}})
+    """A model directory with random weights: the registry only needs it to exist and load.
+
+    Each (name, seed) is saved (and its ONNX export checked) once per test run, then copied.
+    """
+    if (name, seed) not in _SAVED:
+        torch.manual_seed(seed)
+        saved = Path(tempfile.mkdtemp(prefix="registry-version-")) / name
+        save_model(build_model("seed"), saved, {"arch": "seed", "arch_params": {}}, onnx_check_limit=CHECK)
+        _SAVED[name, seed] = saved
+    shutil.copytree(_SAVED[name, seed], models_dir / name, dirs_exist_ok=True)
     return models_dir / name
 
 
@@ -69,7 +87,7 @@ def test_promotion_rule_needs_both_figures():
 def test_without_a_pointer_the_base_version_is_current(models):
     assert registry.read_pointer(models).current == "default"
     assert registry.current_model_dir(models) == models / "default"
-    assert config.MODEL_DIR.get() == str(models / "default")
+    assert str(registry.resolve_model_dir()) == str(models / "default")
     assert not registry.pointer_path(models).exists()
 
 
@@ -77,7 +95,7 @@ def test_promote_moves_the_pointer_and_the_default_model(models):
     pointer = registry.promote("cand", models)
     assert pointer.current == "cand" and pointer.history == ("default", "cand")
     assert json.loads(registry.pointer_path(models).read_text())["current"] == "cand"
-    assert config.MODEL_DIR.get() == str(models / "cand")
+    assert str(registry.resolve_model_dir()) == str(models / "cand")
     assert load_model().path == models / "cand"  # what every command now loads by default
     assert [p.name for p in models.iterdir() if p.name.endswith(".tmp")] == []
 
@@ -85,7 +103,7 @@ def test_promote_moves_the_pointer_and_the_default_model(models):
 def test_the_setting_still_pins_a_model(models, monkeypatch):
     registry.promote("cand", models)
     monkeypatch.setenv(config.MODEL_DIR.name, str(models / "default"))
-    assert config.MODEL_DIR.get() == str(models / "default")
+    assert str(registry.resolve_model_dir()) == str(models / "default")
 
 
 def test_a_failed_pointer_write_leaves_the_old_pointer_whole(models, monkeypatch):
@@ -106,7 +124,7 @@ def test_rollback_goes_back_one_promotion(models):
     registry.promote("cand", models)
     pointer = registry.rollback(models)
     assert pointer.current == "default" and pointer.history == ("default",)
-    assert config.MODEL_DIR.get() == str(models / "default")
+    assert str(registry.resolve_model_dir()) == str(models / "default")
     with pytest.raises(RegistryError, match="nothing to roll back"):
         registry.rollback(models)
 
@@ -162,7 +180,7 @@ def test_promote_refuses_unknown_and_current_versions(models):
 def test_a_corrupt_pointer_is_a_clear_error(models, content, message):
     registry.pointer_path(models).write_text(content)
     with pytest.raises(RegistryError, match=message) as error:
-        config.MODEL_DIR.get()
+        registry.resolve_model_dir()
     assert str(registry.pointer_path(models)) in str(error.value)
 
 
@@ -214,7 +232,104 @@ def test_corrupt_version_record_is_a_clear_error(tmp_path):
     from digitlib.modeling.models import build_model
     from digitlib.registry import RegistryError, version_record
 
-    save_model(build_model("seed"), tmp_path / "v1", {"arch": "seed", "arch_params": {}})
+    save_model(build_model("seed"), tmp_path / "v1", {"arch": "seed", "arch_params": {}}, onnx_check_limit=CHECK)
     (tmp_path / "v1" / "registry.json").write_text("{not json")
     with pytest.raises(RegistryError, match=r"registry.json: unreadable version record"):
         version_record("v1", tmp_path)
+
+
+def test_live_model_serves_the_versions_onnx_file(models):
+    live = LiveModel(models)
+    assert isinstance(live.get(), OnnxModel) and live.get().path == models / "default"
+    assert live.get().predict_proba(torch.zeros(2, 28, 28, dtype=torch.uint8).numpy()).shape == (2, 10)
+
+
+def test_register_writes_a_missing_onnx_file(models, monkeypatch):
+    monkeypatch.setenv(config.ONNX_CHECK.name, str(CHECK))
+    (models / "cand" / "model.onnx").unlink()
+    record = registry.register("cand", parent="default", metrics={}, comparison=passing_comparison())
+    meta = json.loads((models / "cand" / "metadata.json").read_text())
+    assert (models / "cand" / "model.onnx").is_file() and record["onnx_sha256"] == meta["onnx"]["sha256"]
+
+
+# --- confinement: versions are directories inside models/ -------------------------------------------
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A loadable model outside the registry folder: what a hostile pointer would point at."""
+    return make_version(tmp_path.parent / f"{tmp_path.name}-outside", "evil", seed=3)
+
+
+@pytest.mark.parametrize("escape", ["../x", "../../x", "ABSOLUTE", ".", "a/../../x"])
+def test_a_pointer_out_of_models_is_refused_and_sessions_keep_their_model(models, outside, escape):
+    live = LiveModel(models)
+    before = live.get()
+    target = str(outside) if escape == "ABSOLUTE" else escape
+    registry.pointer_path(models).write_text(json.dumps({"current": target, "history": ["default", target]}))
+    with pytest.raises(RegistryError, match="not a version name") as error:
+        registry.resolve_model_dir()
+    assert str(registry.pointer_path(models)) in str(error.value)
+    assert live.get() is before  # the open session keeps serving its model
+
+
+def test_a_pointer_with_an_escaping_history_is_refused(models, outside):
+    registry.pointer_path(models).write_text(json.dumps({"current": "default", "history": [str(outside), "default"]}))
+    with pytest.raises(RegistryError, match="not a version name"):
+        registry.read_pointer(models)
+
+
+@pytest.mark.parametrize("name", ["ABSOLUTE", "../outside-evil", "..", ""])
+def test_promote_refuses_paths_even_with_force(models, outside, name):
+    name = str(outside) if name == "ABSOLUTE" else name
+    with pytest.raises(RegistryError, match="not a version name"):
+        registry.promote(name, models, force=True)
+    assert registry.read_pointer(models).current == "default"
+
+
+def test_cli_promote_of_an_absolute_path_is_one_line_exit_2(models, outside):
+    done = subprocess.run(
+        [sys.executable, "-m", "digitlib", "promote", str(outside), "--force", "--models-dir", str(models)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and "not a version name" in done.stderr
+    assert registry.read_pointer(models).current == "default"
+
+
+# --- corrupt metadata, NaN weights -------------------------------------------------------------------
+
+
+def test_corrupt_metadata_is_one_line_naming_the_file_exit_2(models):
+    metadata = models / "cand" / "metadata.json"
+    metadata.write_text('{"version": "cand-1", "weights_sha')
+    for command in (["export-onnx", "--model", str(models / "cand")], ["promote", "cand", "--models-dir", str(models)]):
+        done = subprocess.run([sys.executable, "-m", "digitlib", *command], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and str(metadata) in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_live_model_keeps_serving_when_the_new_version_is_corrupt(models):
+    live = LiveModel(models)
+    before = live.get()
+    (models / "cand" / "metadata.json").write_text("{broken")
+    registry.pointer_path(models).write_text(json.dumps({"current": "cand", "history": ["default", "cand"]}))
+    assert live.get() is before
+
+
+def test_nan_weights_are_refused_on_load_and_never_exported(models):
+    state = torch.load(models / "cand" / "model.pt", weights_only=True)
+    state["state_dict"]["0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, models / "cand" / "model.pt")
+    (models / "cand" / "metadata.json").unlink()  # no recorded checksum: the NaN check itself must refuse
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        load_model(models / "cand")
+    model = build_model("seed")
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        save_model(model, models / "nan", {"arch": "seed", "arch_params": {}}, onnx_check_limit=CHECK)
+    assert not (models / "nan" / "model.onnx").exists()

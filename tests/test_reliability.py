@@ -32,7 +32,7 @@ from digitlib.preprocess import MAX_POINTS, MAX_STROKES, strokes_to_input
 from digitlib.store import Feedback, FeedbackStore, metadata
 
 SEVEN = [[[100, 60], [180, 60], [130, 220]]]
-SEVEN_IMAGE = strokes_to_input(SEVEN).numpy()
+SEVEN_IMAGE = np.asarray(strokes_to_input(SEVEN))
 PROBABILITIES = [0.01] * 7 + [0.91] + [0.01] * 2
 
 own_postgres = pytest.fixture(scope="module")(own_postgres_fixture)

@@ -1,13 +1,13 @@
 """Model directories: weights plus the metadata that says how to rebuild and trust them.
 
 A model directory holds `model.pt` (state dict and metadata, loaded with
-`weights_only=True`, so a checkpoint can never run code) and `metadata.json`, the same
-metadata for people and notebooks.
+`weights_only=True`, so a checkpoint can never run code), `metadata.json`, the same
+metadata for people and notebooks, and `model.onnx`, the torch-free serving file
+(modeling/export.py writes it, digitlib/serving.py loads it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 from dataclasses import dataclass
@@ -17,17 +17,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from digitlib import __version__, config
+from digitlib import __version__
 from digitlib.dataset import MNIST_MEAN, MNIST_STD
 from digitlib.modeling.models import build_model
 
-WEIGHTS_FILE = "model.pt"
-METADATA_FILE = "metadata.json"
+# Shared with the torch-free side (registry, dashboard), so they live there.
+from digitlib.serving import METADATA_FILE, ONNX_FILE, WEIGHTS_FILE, CheckpointError, file_sha256, read_metadata
+
 FORMAT_VERSION = 1
-
-
-class CheckpointError(Exception):
-    """A model file that is missing, unsafe, corrupt or for another architecture."""
+__all__ = ["METADATA_FILE", "ONNX_FILE", "WEIGHTS_FILE", "CheckpointError", "LoadedModel", "load_model", "save_model"]
 
 
 @dataclass
@@ -42,15 +40,16 @@ class LoadedModel:
     def version(self) -> str:
         return self.metadata.get("version", "unknown")
 
-    def to_input(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 28, 28) -> normalised float (N, 1, 28, 28) on the model's device."""
+    def to_input(self, images) -> torch.Tensor:
+        """uint8 (N, 28, 28) tensor or numpy array -> normalised float (N, 1, 28, 28) on the model's device."""
         norm = self.metadata["normalisation"]
+        images = torch.as_tensor(images)
         x = images.to(next(self.model.parameters()).device).float().div(255.0).unsqueeze(1)
         return (x - norm["mean"]) / norm["std"]
 
     @torch.inference_mode()
-    def predict_proba(self, images: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-        """Class probabilities (N, 10) for uint8 images (N, 28, 28)."""
+    def predict_proba(self, images, batch_size: int = 2048) -> torch.Tensor:
+        """Class probabilities (N, 10) for uint8 images (N, 28, 28), a tensor or a numpy array."""
         self.model.eval()
         out = [
             torch.softmax(self.model(self.to_input(images[i : i + batch_size])).float(), 1).cpu()
@@ -59,15 +58,12 @@ class LoadedModel:
         return torch.cat(out) if out else torch.empty(0, 10)
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def save_model(model: nn.Module, directory: str | Path, metadata: dict) -> Path:
-    """Write weights and metadata into `directory`; returns the directory.
+def save_model(model: nn.Module, directory: str | Path, metadata: dict, onnx_check_limit: int | None = None) -> Path:
+    """Write weights, metadata and the checked model.onnx into `directory`; returns the directory.
 
     `metadata` must name `arch` and `arch_params`; the rest (training parameters, metrics,
     data checksum...) is recorded as given, plus normalisation, version and created_at.
+    `onnx_check_limit` checks the ONNX export on fewer images (tests); see export.export_onnx.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -88,6 +84,10 @@ def save_model(model: nn.Module, directory: str | Path, metadata: dict) -> Path:
     torch.save({"state_dict": state, "metadata_json": json.dumps(meta)}, directory / WEIGHTS_FILE)
     meta["weights_sha256"] = file_sha256(directory / WEIGHTS_FILE)
     (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (directory / ONNX_FILE).unlink(missing_ok=True)  # an older export belongs to other weights
+    from digitlib.modeling.export import export_onnx  # lazy: export imports this module
+
+    export_onnx(directory, check_limit=onnx_check_limit)
     return directory
 
 
@@ -101,7 +101,11 @@ def load_model(
     The weights are checked against the SHA-256 recorded in metadata.json when present;
     `expect_arch` refuses a checkpoint of another architecture.
     """
-    directory = Path(directory or config.MODEL_DIR.get())
+    if directory is None:
+        from digitlib.registry import resolve_model_dir
+
+        directory = resolve_model_dir()
+    directory = Path(directory)
     path = directory / WEIGHTS_FILE if directory.is_dir() else directory
     if not path.is_file():
         raise CheckpointError(
@@ -109,7 +113,7 @@ def load_model(
         )
     recorded = path.parent / METADATA_FILE
     if recorded.is_file():
-        expected = json.loads(recorded.read_text()).get("weights_sha256")
+        expected = read_metadata(path.parent).get("weights_sha256")
         if expected and expected != file_sha256(path):
             raise CheckpointError(f"{path}: checksum does not match {recorded}; the file was altered")
     try:
@@ -135,5 +139,8 @@ def load_model(
         raise CheckpointError(
             f"{path}: weights do not fit architecture {meta['arch']!r} {meta.get('arch_params')}: {e}"
         ) from e
+    bad = [k for k, v in blob["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: refused: non-finite weights (NaN or infinite) in {', '.join(bad[:3])}")
     model.to(device).eval()
     return LoadedModel(model=model, metadata=meta, path=directory)
