@@ -36,17 +36,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_voila(port: int, env: dict, notebook: Path = NOTEBOOK, extra_args: Sequence[str] = ()) -> subprocess.Popen:
-    """Voilà serving `notebook` on `port`, in a process group of its own."""
+def start_voila(
+    port: int, env: dict, notebook: Path = NOTEBOOK, extra_args: Sequence[str] = (), log: Path | None = None
+) -> subprocess.Popen:
+    """Voilà serving `notebook` on `port`, in a process group of its own; its output goes to `log` if given."""
     command = [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--no-browser", *extra_args]
-    return subprocess.Popen(
-        command,
-        cwd=config.PROJ_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,  # a full pipe would block the server
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    # A file, never a pipe: a full pipe would block the server.
+    output = open(log, "ab") if log else subprocess.DEVNULL  # the child keeps its own copy
+    try:
+        return subprocess.Popen(
+            command,
+            cwd=config.PROJ_ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        if log:
+            output.close()
 
 
 def wait_until_listening(port: int, process: subprocess.Popen, timeout: float = 90) -> None:
@@ -80,11 +88,15 @@ def stop_group(process: subprocess.Popen) -> None:
 
 @contextmanager
 def running_voila(
-    env: dict, timeout: float = 90, notebook: Path = NOTEBOOK, extra_args: Sequence[str] = ()
+    env: dict,
+    timeout: float = 90,
+    notebook: Path = NOTEBOOK,
+    extra_args: Sequence[str] = (),
+    log: Path | None = None,
 ) -> Iterator[tuple[int, subprocess.Popen]]:
     """(port, process) of a listening Voilà server; the group is stopped on exit, whatever happens."""
     port = free_port()
-    process = start_voila(port, env, notebook, extra_args)
+    process = start_voila(port, env, notebook, extra_args, log)
     try:
         wait_until_listening(port, process, timeout)
         yield port, process

@@ -180,10 +180,11 @@ def server(tmp_path_factory):
         config.MAX_KERNELS_PER_CLIENT.name: str(PER_CLIENT),
     }
     culling = ["--MappingKernelManager.cull_idle_timeout=20", "--MappingKernelManager.cull_interval=2"]
-    with running_voila(env, timeout=90, extra_args=culling) as (port, _):
+    log = tmp_path_factory.mktemp("guard-log") / "voila.log"
+    with running_voila(env, timeout=90, extra_args=culling, log=log) as (port, _):
         url = f"http://127.0.0.1:{port}/"
         open_page(url, "10.99.0.1")  # the first page waits for the pool's first kernel
-        yield url
+        yield SimpleNamespace(url=url, log=log)
 
 
 def open_page(url: str, client: str, timeout: float = 120) -> tuple[requests.Session, str]:
@@ -251,7 +252,7 @@ def http_answers(url: str) -> float:
 
 @pytest.mark.slow
 def test_hostile_frames_over_the_real_socket_cost_nothing(server):
-    url = server
+    url = server.url
     session, kernel_id = open_page(url, "10.1.0.1")
     sock = KernelSocket(url, kernel_id)
     hostile = [
@@ -273,13 +274,16 @@ def test_hostile_frames_over_the_real_socket_cost_nothing(server):
     sock.close()
     for client_session, kernel in [(session, kernel_id), (second_session, second)]:
         shut_down(url, client_session, kernel)
+    log = server.log.read_text()
+    assert re.search(f"dropped a frame on kernel {kernel_id} from [0-9.]+: 268435455 offsets", log)
+    assert "message type 'execute_request' is not one the dashboard sends" in log
 
 
 @pytest.mark.slow
 def test_a_kernel_takes_only_a_few_sockets(server):
     import websocket
 
-    url = server
+    url = server.url
     session, kernel_id = open_page(url, "10.6.0.1")
     sockets = [KernelSocket(url, kernel_id) for _ in range(MAX_SOCKETS_PER_KERNEL)]
     with pytest.raises(websocket.WebSocketBadStatusException, match="503"):
@@ -307,7 +311,7 @@ def canvas_state(sock: KernelSocket, comm_ids) -> tuple[str, dict]:
 
 @pytest.mark.slow
 def test_an_oversized_canvas_update_never_reaches_the_kernel(server):
-    url = server
+    url = server.url
     session, kernel_id = open_page(url, "10.2.0.1")
     sock = KernelSocket(url, kernel_id)
     comms = sock.ask(v1_frame("comm_info_request", {}), lambda t, c: t == "comm_info_reply")["comms"]
@@ -331,7 +335,7 @@ def shut_down(url: str, session: requests.Session, kernel_id: str) -> requests.R
 
 @pytest.mark.slow
 def test_per_client_cap_answers_a_busy_page_and_a_shutdown_frees_a_place(server):
-    url = server
+    url = server.url
     pages = [open_page(url, "10.3.0.1") for _ in range(PER_CLIENT)]
     sockets = [KernelSocket(url, kernel_id) for _, kernel_id in pages]  # open pages: never culled
     busy = requests.get(url, headers={"X-Forwarded-For": "10.3.0.1"}, timeout=30)
@@ -354,7 +358,7 @@ def test_per_client_cap_answers_a_busy_page_and_a_shutdown_frees_a_place(server)
 
 @pytest.mark.slow
 def test_a_crowd_gets_pages_or_a_starting_page_never_a_hang(server):
-    url = server
+    url = server.url
     clients = [f"10.4.0.{i}" for i in range(4)]
 
     def first_answer(client):
@@ -384,7 +388,7 @@ def test_a_crowd_gets_pages_or_a_starting_page_never_a_hang(server):
 
 @pytest.mark.slow
 def test_kernels_without_a_page_go_away(server):
-    url = server
+    url = server.url
     _, vanished = open_page(url, "10.5.0.1")
     sock = KernelSocket(url, vanished)
     sock.close()  # the page went away without its unload request (a crash, a lost network)
