@@ -272,6 +272,9 @@ def test_hostile_frames_over_the_real_socket_cost_nothing(server):
     sock = KernelSocket(url, second)
     assert sock.ask(v1_frame("kernel_info_request", {}), lambda t, c: t == "kernel_info_reply")
     sock.close()
+    # Beyond voila.json's websocket_max_message_size tornado closes the socket without buffering it.
+    assert frame_closes_the_socket(KernelSocket(url, second), b"\0" * (2 * 2**20))
+    assert http_answers(url) < 2
     for client_session, kernel in [(session, kernel_id), (second_session, second)]:
         shut_down(url, client_session, kernel)
     log = server.log.read_text()
@@ -296,6 +299,20 @@ def test_a_kernel_takes_only_a_few_sockets(server):
     for sock in sockets:
         sock.close()
     shut_down(url, session, kernel_id)
+
+
+def frame_closes_the_socket(sock: KernelSocket, frame: bytes) -> bool:
+    import websocket
+
+    try:
+        sock.send(frame)
+        for _ in range(200):  # status messages may come first; a timeout fails the test
+            opcode, _data = sock.ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return True
+    except (websocket.WebSocketConnectionClosedException, ConnectionError):
+        return True
+    return False
 
 
 def canvas_state(sock: KernelSocket, comm_ids) -> tuple[str, dict]:
