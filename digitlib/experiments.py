@@ -136,6 +136,17 @@ def _no_alt_text_warning(record: logging.LogRecord) -> bool:
     return "Alternative text is missing" not in record.getMessage()
 
 
+def _without_unused_cdn_scripts(body: str, nb, require_js_url: str) -> str:
+    """Drop the template's CDN scripts that nothing in this notebook uses: require.js (for
+    JavaScript outputs) and MathJax (for $math$ in markdown), so the page asks no server."""
+    outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
+    if not any(k.startswith("application/javascript") for o in outputs for k in o.get("data", {})):
+        body = body.replace(f'<script src="{require_js_url}"></script>', "")
+    if not any(cell.cell_type == "markdown" and "$" in cell.source for cell in nb.cells):
+        body = re.sub(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", "", body, flags=re.S)
+    return body
+
+
 def export_html(notebook: str | Path) -> Path:
     """Write <notebook>.html beside it (figures embedded, no widget scripts: it opens offline)."""
     import nbformat
@@ -153,6 +164,7 @@ def export_html(notebook: str | Path) -> Path:
     if _no_alt_text_warning not in exporter.log.filters:
         exporter.log.addFilter(_no_alt_text_warning)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
+    body = _without_unused_cdn_scripts(body, nb, exporter.require_js_url)
     target = notebook.with_suffix(".html")
     target.write_text(body, encoding="utf-8")
     return target

@@ -124,6 +124,7 @@ def test_html_export_keeps_the_text_of_widgets_and_needs_no_widget_script(tmp_pa
     html = experiments.export_html(tmp_path / "r.ipynb").read_text()
     assert "epochs: 100% 3/3" in html
     assert "html-manager" not in html and "widget-view" not in html
+    assert '<script src="https://' not in html  # neither require.js nor MathJax: nothing here needs them
 
 
 def test_epoch_line_shows_training_and_validation_time_and_the_learning_rate():

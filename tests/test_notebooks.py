@@ -246,6 +246,7 @@ def test_notebook_runs_and_writes_figures_and_metrics(notebook, tmp_path, reques
     assert notebook_problems(notebook) == []  # running it left the committed notebook clean
     # Stands alone offline: no widget (its script would come from a CDN), progress as text.
     assert "widget-view" not in run.notebook.read_text() and "html-manager" not in html
+    assert not re.search(r"<script[^>]* src=\"https?://", html)  # require.js, MathJax: nothing here uses them
     if notebook.name in ("1.0-dl-train-cnn.ipynb", "4.0-dl-retrain-with-feedback.ipynb"):
         assert re.search(r"epoch 1/1: train loss \d\.\d{4} acc \d+\.\d\d%", html)
     # Known-harmless noise of kernels, nbconvert and shutdown is gone from the run's output.
