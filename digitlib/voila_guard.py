@@ -4,7 +4,8 @@
   browser sends on a kernel's websocket before jupyter_server parses it: v1 offsets against the
   frame's length, sizes, JSON depth and lengths, and only the comm messages the dashboard needs.
   jupyter_server 2.21.1 builds one offset per count the frame claims (2**28 for `ff ff ff 0f`),
-  so a 16-byte frame would stop the server; here it is dropped and logged.
+  so a 16-byte frame would stop the server; here it is dropped and logged. It also allows a few
+  sockets per kernel and shuts a kernel down once its page's socket has been gone a while.
 - `GuardedIdentityProvider` (Voila.identity_provider_class) is Voilà's default identity provider
   plus the page route: `GuardedPageHandler` caps kernels in total and per client address (HTTP
   503 with Retry-After beyond them), waits briefly for a preheated kernel or answers a page that
