@@ -1,13 +1,17 @@
 """How fast the drawing dashboard answers, and what a visitor costs in memory.
 
-1. Strokes to probabilities in Python (preprocess.strokes_to_input + predict_proba, one
-   thread) over the recorded pen drawings: p50 and p99.
-2. In headless Chromium against a running Voilà server (voila.json: preheated kernels):
+1. Strokes to probabilities in Python, the dashboard's path (preprocess.strokes_to_input +
+   the ONNX model's predict_proba, one thread) over the recorded pen drawings: p50 and p99;
+   the same with the torch model for comparison; and whether ONNX and torch predict the same
+   classes on the whole MNIST test set and every pen drawing (counts).
+2. A fresh interpreter importing the dashboard module and loading the model, as a visitor's
+   kernel does: its RSS, wall time and CPU time, and whether torch got imported.
+3. In headless Chromium against a running Voilà server (voila.json: preheated kernels):
    page open to an interactive canvas (its black background drawn, which happens once the
    kernel answers the canvas), and mouse-up to the new prediction shown, over several strokes.
-3. Kernel RSS per open dashboard session, and how many sessions fit in this machine's memory.
+4. Kernel RSS per open dashboard session, and how many sessions fit in this machine's memory.
 
-    .venv/bin/python benchmarks/dashboard_latency.py [--model DIR] [--strokes 15] [--pages 3] [--json]
+    .venv/bin/python benchmarks/dashboard_latency.py [--model DIR] [--strokes 15] [--pages 3] [--no-browser] [--json]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +36,9 @@ from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
 from digitlib.drawings import load_drawings
 from digitlib.modeling.checkpoint import load_model
 from digitlib.modeling.train import hardware_name
+from digitlib.preprocess import strokes_to_input
+from digitlib.registry import resolve_model_dir
+from digitlib.serving import load_onnx_model
 
 # Marks mouse-up and the first change of the probability bars after it, in page time.
 WATCH_PREDICTIONS = """() => {
@@ -48,22 +56,91 @@ def percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def python_latency(model_dir: str | None, limit: int) -> dict:
-    torch.set_num_threads(1)
-    model = load_model(model_dir)
-    drawings = load_drawings(config.DRAWINGS_FILE.get())[:limit]
+def stroke_latencies(model, drawings) -> list[float]:
     predict_strokes(model, drawings[0].strokes)  # warm-up: first call allocates
     times = []
     for d in drawings:
         start = time.perf_counter()
         predict_strokes(model, d.strokes)
         times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def python_latency(model_dir: str | None, limit: int, compare_limit: int | None = None) -> dict:
+    """Strokes -> probabilities on one thread: the ONNX model the dashboard serves, and torch."""
+    torch.set_num_threads(1)
+    directory = Path(model_dir) if model_dir else resolve_model_dir()
+    served, torch_model = load_onnx_model(directory), load_model(directory)
+    drawings = load_drawings(config.DRAWINGS_FILE.get())
+    onnx_times = stroke_latencies(served, drawings[:limit])
+    torch_times = stroke_latencies(torch_model, drawings[:limit])
+    # Accuracy unchanged: the same classes from both on every MNIST test image and pen drawing.
+    from digitlib.dataset import load_mnist
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    sets = {
+        "mnist_test": load_mnist("test").images.numpy()[:compare_limit],
+        "pen_digits": np.stack([strokes_to_input(d.strokes) for d in drawings[:compare_limit]]),
+    }
+    same = {}
+    for name, images in sets.items():
+        a = served.predict_proba(images)
+        b = torch_model.predict_proba(images).numpy()
+        same[name] = {
+            "n": len(images),
+            "same_class": int((a.argmax(1) == b.argmax(1)).sum()),
+            "max_probability_difference": float(np.abs(a - b).max()),
+        }
     return {
-        "model": str(model.path),
-        "arch": model.metadata.get("arch"),
-        "drawings": len(times),
-        "p50_ms": round(percentile(times, 50), 2),
-        "p99_ms": round(percentile(times, 99), 2),
+        "model": str(directory),
+        "arch": served.metadata.get("arch"),
+        "drawings": len(onnx_times),
+        "served": "model.onnx, ONNX Runtime",
+        "p50_ms": round(percentile(onnx_times, 50), 2),
+        "p99_ms": round(percentile(onnx_times, 99), 2),
+        "torch_p50_ms": round(percentile(torch_times, 50), 2),
+        "torch_p99_ms": round(percentile(torch_times, 99), 2),
+        **{f"same_class_{name}": f"{v['same_class']}/{v['n']}" for name, v in same.items()},
+        "max_probability_difference": max(v["max_probability_difference"] for v in same.values()),
+    }
+
+
+KERNEL_IMPORT = """
+import json, os, resource, sys, time
+start = time.perf_counter()
+from digitlib import dashboard
+from digitlib.registry import LiveModel
+model = LiveModel().get() if not os.environ.get("BENCH_MODEL") else dashboard.load_onnx_model(os.environ["BENCH_MODEL"])
+model.predict_proba(__import__("numpy").zeros((1, 28, 28), "uint8"))
+wall = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU of the whole process, interpreter start included
+# VmHWM, not ru_maxrss: on Linux the latter keeps the parent's peak across fork and exec.
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+rss, peak = (int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+print(json.dumps({"rss_mib": rss, "peak_rss_mib": peak, "import_wall_s": wall,
+                  "cpu_s": usage.ru_utime + usage.ru_stime, "torch": "torch" in sys.modules}))
+"""
+
+
+def kernel_import(model_dir: str | None, runs: int = 5) -> dict:
+    """What a visitor's kernel pays before the page works: import the dashboard module, load the model."""
+    env = {**os.environ, **({"BENCH_MODEL": str(Path(model_dir).resolve())} if model_dir else {})}
+    results = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", KERNEL_IMPORT], capture_output=True, text=True, env=env, check=True
+        )
+        results.append({**json.loads(done.stdout.splitlines()[-1]), "wall_s": time.perf_counter() - start})
+    return {
+        "runs": runs,
+        "torch_imported": any(r["torch"] for r in results),
+        "rss_mib_median": round(statistics.median(r["rss_mib"] for r in results), 1),
+        "peak_rss_mib_max": round(max(r["peak_rss_mib"] for r in results), 1),
+        "wall_s_median": round(statistics.median(r["wall_s"] for r in results), 3),
+        "import_and_load_wall_s_median": round(statistics.median(r["import_wall_s"] for r in results), 3),
+        "cpu_s_median": round(statistics.median(r["cpu_s"] for r in results), 3),
+        "cpu_s_max": round(max(r["cpu_s"] for r in results), 3),
     }
 
 
@@ -144,6 +221,9 @@ def main() -> None:
     parser.add_argument(
         "--drawings", type=int, default=1000, help="first N recorded drawings for the Python latency (default 1000)"
     )
+    parser.add_argument(
+        "--compare-limit", type=int, help="ONNX vs torch on the first N images of each set (default: all)"
+    )
     parser.add_argument("--strokes", type=int, default=15, help="strokes drawn in the browser")
     parser.add_argument("--pages", type=int, default=3, help="pages opened (sessions measured)")
     parser.add_argument("--no-browser", action="store_true", help="only the Python latency")
@@ -151,7 +231,8 @@ def main() -> None:
     args = parser.parse_args()
 
     result = {"machine": hardware_name(torch.device("cpu"))}
-    result["python"] = python_latency(args.model, args.drawings)
+    result["python"] = python_latency(args.model, args.drawings, args.compare_limit)
+    result["kernel_import"] = kernel_import(args.model)
     if not args.no_browser:
         result["browser"] = browser_figures(args.model, args.strokes, args.pages)
     for section, figures in result.items():

@@ -70,7 +70,8 @@ def test_every_recipe_is_benchmarked():
 
 def test_dashboard_latency_json_becomes_report_rows():
     done = subprocess.run(
-        [sys.executable, "benchmarks/dashboard_latency.py", "--no-browser", "--drawings", "20", "--json"],
+        [sys.executable, "benchmarks/dashboard_latency.py", "--no-browser", "--drawings", "20"]
+        + ["--compare-limit", "100", "--json"],
         cwd=config.PROJ_ROOT,
         capture_output=True,
         text=True,
