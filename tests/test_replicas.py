@@ -1,12 +1,12 @@
 """Two dashboard replicas behind Caddy, as docker-compose.yml runs them, tested without Docker.
 
 Two Voilà servers on two free ports share one PostgreSQL schema; Debian's caddy runs the real
-Caddyfile (plain HTTP on a free loopback port, DASHBOARD_UPSTREAMS naming both) in front.
-Visitors in Chromium draw and answer through the proxy. Caddy's X-Digitlab-Replica response
-header says which replica answered a page; each replica's own log says which kernel websockets it
-opened (Caddy 2.6 adds no header to a websocket's 101 answer). Then one replica hangs (SIGSTOP)
-and later stops: Caddy's active health check takes it out of the rotation and new visitors, and
-the old one's next page, reach the other.
+Caddyfile (plain HTTP on a free loopback port, DASHBOARD_UPSTREAMS naming both) in front
+(benchmarks/replicas.py starts them). Visitors in Chromium draw and answer through the proxy.
+Caddy's X-Digitlab-Replica response header says which replica answered a page; each replica's
+own log says which kernel websockets it opened (Caddy 2.6 adds no header to a websocket's 101
+answer). Then one replica hangs (SIGSTOP) and later stops: Caddy's active health check takes it
+out of the rotation and new visitors, and the old one's next page, reach the other.
 """
 
 from __future__ import annotations
@@ -14,12 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
@@ -29,15 +25,16 @@ from sqlalchemy.exc import OperationalError
 from tiny_model import tiny_model_dir
 
 from digitlib import config
-from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, NOTEBOOK, free_port, stop_group, wait_until_listening
+from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, stop_group
+
+sys.path.insert(0, str(config.PROJ_ROOT / "benchmarks"))
+import replicas as replica_stack  # noqa: E402  (benchmarks/replicas.py: the stack both start)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-CADDY = "/usr/bin/caddy"
-CADDYFILE = config.PROJ_ROOT / "Caddyfile"
-REPLICA_HEADER = "x-digitlab-replica"
-HEALTH_URI = "/voila/static/materialcolors.css"  # the Caddyfile's health_uri (tests/test_deploy.py checks it)
+REPLICA_HEADER = replica_stack.REPLICA_HEADER.lower()  # Playwright's header names
+HEALTH_URI = replica_stack.HEALTH_URI
 HEALTH_INTERVAL_S = 5  # the Caddyfile's health_interval
 A_SEVEN = [(60, 50), (220, 50), (120, 240)]  # canvas pixels
 
@@ -46,113 +43,28 @@ A_SEVEN = [(60, 50), (220, 50), (120, 240)]  # canvas pixels
 def database_url():
     """A fresh schema in the test PostgreSQL, migrated as compose's migrate service does; dropped after."""
     admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    schema = f"replicas_{uuid.uuid4().hex[:12]}"
     try:
-        with admin.begin() as c:
-            c.execute(text(f'CREATE SCHEMA "{schema}"'))  # a name made here, not input
+        admin.connect().close()
     except OperationalError as e:
-        admin.dispose()
         message = f"PostgreSQL at {make_url(PG_URL).render_as_string()} unreachable: {e.orig}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
-    migrate = [sys.executable, "-m", "digitlib.migrations", "upgrade", "--url", url]
-    done = subprocess.run(migrate, cwd=config.PROJ_ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    yield url
-    with admin.begin() as c:
-        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
-
-
-def start_replica(port: int, env: dict, log: Path) -> subprocess.Popen:
-    """A Voilà server as digitlib.dashboard_server starts one, its log kept (the replica's own record)."""
-    command = [sys.executable, "-m", "voila", str(NOTEBOOK), f"--port={port}", "--no-browser", "--pool_size=1"]
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            command, cwd=config.PROJ_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    finally:
+        admin.dispose()
+    with replica_stack.fresh_schema(PG_URL) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, database_url):
-    """{"url": the proxy, "replicas": {"127.0.0.1:port": process}, "logs": {upstream: Path}, "caddy_log": Path}."""
-    if not Path(CADDY).is_file():
-        pytest.fail(f"{CADDY} is missing: `make caddy` installs Debian's caddy")
+    """Two replicas on the one database behind caddy; all stopped afterwards."""
+    if not Path(replica_stack.CADDY).is_file():
+        pytest.fail(f"{replica_stack.CADDY} is missing: `make caddy` installs Debian's caddy")
     model = tiny_model_dir(tmp_path_factory)
     env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: database_url}
-    replicas: dict[str, subprocess.Popen] = {}
-    logs: dict[str, Path] = {}
-    caddy = None
-    folder = tmp_path_factory.mktemp("caddy")
-    try:
-        for i in range(2):
-            port = free_port()
-            upstream = f"127.0.0.1:{port}"
-            logs[upstream] = folder / f"replica-{i}.log"
-            replicas[upstream] = start_replica(port, env, logs[upstream])
-        for upstream, process in replicas.items():
-            wait_until_listening(int(upstream.rsplit(":", 1)[1]), process, timeout=120)
-        proxy_port = free_port()
-        caddy_env = {
-            "PATH": os.environ["PATH"],
-            # Caddy keeps its state (a local CA, were it asked for one) here, not in ~/.local.
-            "HOME": str(folder),
-            "XDG_DATA_HOME": str(folder / "data"),
-            "XDG_CONFIG_HOME": str(folder / "config"),
-            "SITE_ADDRESS": f"http://127.0.0.1:{proxy_port}",
-            "LAB_ADDRESS": f"http://127.0.0.1:{free_port()}",
-            "CADDY_ADMIN": f"127.0.0.1:{free_port()}",
-            "DASHBOARD_UPSTREAMS": " ".join(replicas),
-        }
-        caddy_log = folder / "caddy.log"
-        with caddy_log.open("wb") as log:
-            caddy = subprocess.Popen(
-                [CADDY, "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
-                env=caddy_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        url = f"http://127.0.0.1:{proxy_port}"
-        wait_for_replicas(url, set(replicas), caddy)
-        yield {"url": url, "replicas": replicas, "logs": logs, "caddy_log": caddy_log}
-    finally:
-        if caddy is not None:
-            stop_group(caddy)
-        for process in replicas.values():
-            try:
-                os.kill(process.pid, signal.SIGCONT)  # a replica the test froze must run to stop
-            except ProcessLookupError:
-                pass
-            stop_group(process)
-
-
-def probe(url: str, timeout: float = 5) -> tuple[int, str]:
-    """(status, replica) of a new visitor's request through the proxy, for the health file: no kernel starts."""
-    try:
-        with urllib.request.urlopen(url + HEALTH_URI, timeout=timeout) as response:
-            return response.status, response.headers.get(REPLICA_HEADER, "")
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get(REPLICA_HEADER, "")
-
-
-def wait_for_replicas(url: str, expected: set[str], caddy: subprocess.Popen, timeout: float = 60) -> None:
-    """Until cookie-less requests through the proxy have reached every replica."""
-    seen: set[str] = set()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and seen != expected:
-        if caddy.poll() is not None:
-            raise RuntimeError(f"caddy exited with code {caddy.returncode}")
-        try:
-            status, replica = probe(url, timeout=3)
-            if status == 200:
-                seen.add(replica)
-        except OSError:
-            pass
-        time.sleep(0.2)
-    assert seen == expected, f"the proxy reached {seen}, not {expected}"
+    with replica_stack.running_replicas(env, tmp_path_factory.mktemp("replicas"), count=2) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +158,9 @@ def active_check_failures(log: Path, offset: int, upstream: str) -> list[dict]:
     ]
 
 
-def websockets_opened(logs: dict[str, Path], kernel: str) -> set[str]:
-    """The replicas whose log shows a websocket opened to `kernel` (jupyter_server logs each)."""
-    return {upstream for upstream, log in logs.items() if f"Connecting to kernel {kernel}." in log.read_text()}
+def opened_on(stack, kernel: str) -> set[str]:
+    """The replicas whose own log shows a websocket opened to `kernel`."""
+    return {upstream for upstream, kernels in stack.kernels_opened().items() if kernel in kernels}
 
 
 def labels_stored(database_url: str) -> list[int]:
@@ -261,7 +173,7 @@ def labels_stored(database_url: str) -> list[int]:
 
 
 def test_each_visitor_stays_on_one_replica_and_both_store_in_one_database(stack, browser, database_url):
-    url, replicas, logs = stack["url"], list(stack["replicas"]), stack["logs"]
+    url, replicas = stack.url, list(stack.replicas)
     answers = {}
     for replica, label in zip(replicas, (7, 3), strict=True):
         visitor = visitor_on(browser, url, replica)
@@ -269,7 +181,7 @@ def test_each_visitor_stays_on_one_replica_and_both_store_in_one_database(stack,
             assert visitor.open() == replica  # the page follows the sticky cookie
             visitor.draw_and_answer(label)
             # The kernel's websocket went to the replica that served the page, and only there.
-            assert websockets_opened(logs, visitor.kernel_id()) == {replica}
+            assert opened_on(stack, visitor.kernel_id()) == {replica}
             for _ in range(5):
                 assert visitor.first_request() == replica  # and later requests too
         finally:
@@ -280,7 +192,7 @@ def test_each_visitor_stays_on_one_replica_and_both_store_in_one_database(stack,
 
 
 def test_a_hung_or_stopped_replica_leaves_the_rotation(stack, browser, database_url):
-    url, replicas, log = stack["url"], stack["replicas"], stack["caddy_log"]
+    url, replicas, log = stack.url, stack.replicas, stack.caddy_log
     gone, kept = list(replicas)
     before = len(labels_stored(database_url))
     # A visitor whose cookie pins them to the replica about to go.
@@ -296,18 +208,18 @@ def test_a_hung_or_stopped_replica_leaves_the_rotation(stack, browser, database_
             time.sleep(0.5)
         # New visitors all reach the other replica, promptly (none waits on the hung one).
         for _ in range(10):
-            status, replica = probe(url, timeout=5)
+            status, replica = replica_stack.probe(url, timeout=5)
             assert (status, replica) == (200, kept)
         # Stopped for good: still out of the rotation; the regular visitor's next page moves over.
         os.kill(replicas[gone].pid, signal.SIGCONT)
         stop_group(replicas[gone])
         time.sleep(HEALTH_INTERVAL_S + 1)
         for _ in range(10):
-            status, replica = probe(url, timeout=5)
+            status, replica = replica_stack.probe(url, timeout=5)
             assert (status, replica) == (200, kept)
         assert regular.open() == kept
         regular.draw_and_answer(5)
-        assert websockets_opened(stack["logs"], regular.kernel_id()) == {kept}
+        assert opened_on(stack, regular.kernel_id()) == {kept}
     finally:
         regular.close()
     assert len(labels_stored(database_url)) == before + 1 and 5 in labels_stored(database_url)
