@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -166,37 +167,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_url(process: subprocess.Popen, port: int, timeout: float = 180) -> tuple[str, list[str]]:
-    """The URL with its token that Jupyter prints once it serves; the lines read so far."""
-    pattern = re.compile(rf"http://127\.0\.0\.1:{port}/lab\?token=\w+")
-    lines: list[str] = []
+def read_output(process: subprocess.Popen, lines: list[str]) -> threading.Thread:
+    """Collect the server's output in the background (a full pipe would block it)."""
+
+    def pump():
+        for line in process.stdout:
+            lines.append(line)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for_url(process: subprocess.Popen, lines: list[str], timeout: float = 180) -> str:
+    """The URL with its token that Jupyter prints once it serves."""
+    pattern = re.compile(r"http://127\.0\.0\.1:\d+/lab\?token=\w+")
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            if process.poll() is not None:
-                break
-            continue
-        lines.append(line)
-        if match := pattern.search(line):
-            return match.group(0), lines
+    while time.monotonic() < deadline and process.poll() is None:
+        for line in list(lines):
+            if match := pattern.search(line):
+                return match.group(0)
+        time.sleep(0.2)
     pytest.fail("make lab printed no URL with a token:\n" + "".join(lines[-30:]))
 
 
-@needs_make
-@pytest.mark.slow
-def test_make_lab_serves_lab_with_its_token_and_the_notebooks_kernel():
-    port = free_port()
+def start_lab(port: int) -> tuple[subprocess.Popen, list[str]]:
     process = subprocess.Popen(
-        ["make", "--no-print-directory", "-o", ".venv/.installed", "lab", f"LAB_PORT={port}"],
+        # port_retries=0: stop rather than serve on another port if a neighbour took this one.
+        ["make", "--no-print-directory", "-o", ".venv/.installed", "lab", f"LAB_PORT={port}",
+         "LAB_ARGS=--ServerApp.port_retries=0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group: make, jupyter and any kernel stop together
-    )
+    )  # fmt: skip
+    lines: list[str] = []
+    read_output(process, lines)
+    return process, lines
+
+
+@needs_make
+@pytest.mark.slow
+def test_make_lab_serves_lab_with_its_token_and_the_notebooks_kernel():
+    for _ in range(3):  # other tests on this machine bind ports too: a free port may be taken again
+        port = free_port()
+        process, lines = start_lab(port)
+        deadline = time.monotonic() + 180
+        while process.poll() is None and not any("token=" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if process.poll() is None or not any("already in use" in line for line in lines):
+            break
     try:
-        url, _ = wait_for_url(process, port)
+        url = wait_for_url(process, lines)
+        assert url.startswith(f"http://127.0.0.1:{port}/lab?token="), "".join(lines[-30:])
         token = url.split("token=", 1)[1]
         with urllib.request.urlopen(url, timeout=30) as page:
             assert page.status == 200 and "JupyterLab" in page.read().decode()
@@ -210,6 +234,8 @@ def test_make_lab_serves_lab_with_its_token_and_the_notebooks_kernel():
             model = json_get(f"http://127.0.0.1:{port}/api/contents/notebooks/{path.name}?token={token}")
             name = model["content"]["metadata"]["kernelspec"]["name"]
             assert name in specs and specs[name]["spec"]["display_name"] == PROJECT_KERNELSPEC["display_name"]
+    except (OSError, AssertionError) as e:
+        raise AssertionError(f"{e}\nmake lab's output:\n" + "".join(lines[-40:])) from e
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
