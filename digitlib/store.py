@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -45,6 +46,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
@@ -63,6 +65,8 @@ CONNECT_TIMEOUT_S = 3  # a visitor should not wait long for a database that is d
 # answer to the queue within seconds instead of leaving the visitor waiting.
 LOCK_TIMEOUT_S = 3
 STATEMENT_TIMEOUT_S = 10
+# The answer "this is not a digit": stored as not_digit=True with true_label NULL, never as a class number.
+NOT_A_DIGIT = "not a digit"
 
 metadata = MetaData()
 prediction_logs = Table(
@@ -75,11 +79,19 @@ prediction_logs = Table(
     Column("predicted", SmallInteger, CheckConstraint("predicted BETWEEN 0 AND 9"), nullable=False),
     Column("confidence", Float, nullable=False),
     Column("probabilities", JSON, nullable=False),
-    Column("true_label", SmallInteger, CheckConstraint("true_label BETWEEN 0 AND 9"), nullable=False),
+    Column("true_label", SmallInteger, CheckConstraint("true_label BETWEEN 0 AND 9"), nullable=True),
     Column("image", LargeBinary, nullable=False),
     Column("strokes", JSON, nullable=False),
     Column("canvas_size", Integer, nullable=False),
     Column("session_id", String(MAX_TEXT), nullable=False),
+    # Revision 0003: the visitor's "not a digit" answer, and the model's rejection as it was shown.
+    Column("not_digit", Boolean, nullable=False, server_default=text("false")),
+    Column("rejected", Boolean, nullable=False, server_default=text("false")),
+    Column("not_digit_probability", Float, nullable=True),
+    CheckConstraint(
+        "(not_digit AND true_label IS NULL) OR (NOT not_digit AND true_label IS NOT NULL)",
+        name="ck_prediction_logs_answer",
+    ),
 )
 
 
@@ -96,6 +108,32 @@ def _digit(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value <= 9:
         raise FeedbackError(f"{name} must be a digit 0-9, got {value!r}")
     return int(value)
+
+
+def _answer(value) -> tuple[int | None, bool]:
+    """(true_label, not_digit) for an answer: a digit 0-9 or NOT_A_DIGIT (None is a missing label, refused)."""
+    if isinstance(value, str) and value == NOT_A_DIGIT:
+        return None, True
+    return _digit(value, "label"), False
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise FeedbackError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _optional_probability(value, name: str) -> float | None:
+    if value is None:
+        return None
+    number = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    try:
+        p = float(value) if number else math.nan
+    except OverflowError:  # a 400-digit integer
+        p = math.nan
+    if not (math.isfinite(p) and 0 <= p <= 1):
+        raise FeedbackError(f"{name} must be a number in [0, 1] or null, got {value!r}")
+    return p
 
 
 def _short_text(value, name: str, limit: int = MAX_TEXT) -> str:
@@ -136,12 +174,19 @@ class Feedback:
     predicted: int
     confidence: float
     probabilities: list[float]
-    true_label: int
+    true_label: int | None  # None when the answer is "not a digit"
     image: bytes
     strokes: list[list[list[float]]]
     session_id: str
     canvas_size: int = CANVAS_SIZE
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    not_digit: bool = False  # the visitor's answer: "not a digit"
+    rejected: bool = False  # the model answered "not a digit" (what the visitor was shown)
+    not_digit_probability: float | None = None  # the model's not-digit probability; None: the model had none
+
+    @property
+    def answer(self) -> int | str:
+        return NOT_A_DIGIT if self.not_digit else self.true_label
 
     @classmethod
     def create(
@@ -155,8 +200,15 @@ class Feedback:
         session_id: str,
         submission_id: str | None = None,
         canvas_size: int = CANVAS_SIZE,
+        rejected: bool = False,
+        not_digit_probability: float | None = None,
     ) -> Feedback:
-        """Validate everything a browser could have got wrong; raises FeedbackError with the reason."""
+        """Validate everything a browser could have got wrong; raises FeedbackError with the reason.
+
+        `true_label` is a digit 0-9 or NOT_A_DIGIT; `rejected` and `not_digit_probability`
+        record the prediction as it was made.
+        """
+        label, not_digit = _answer(true_label)
         try:
             arrays = validate_strokes(strokes, canvas_size)
         except DrawingError as e:
@@ -169,11 +221,14 @@ class Feedback:
             predicted=predicted,
             confidence=probs[predicted],
             probabilities=probs,
-            true_label=_digit(true_label, "label"),
+            true_label=label,
             image=image_to_png(image),
             strokes=[[[round(float(x), 2), round(float(y), 2)] for x, y in a] for a in arrays],
             session_id=_short_text(session_id, "session_id"),
             canvas_size=int(canvas_size),
+            not_digit=not_digit,
+            rejected=_flag(rejected, "rejected"),
+            not_digit_probability=_optional_probability(not_digit_probability, "not_digit_probability"),
         )
 
     def to_row(self) -> dict:
@@ -192,9 +247,14 @@ class Feedback:
             row = json.loads(line)
         except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
             raise FeedbackError(f"not JSON ({type(e).__name__}: {str(e)[:200]})") from None
-        if not isinstance(row, dict) or set(row) != {f.name for f in fields(cls)}:
+        every = {f.name for f in fields(cls)}
+        # Rows queued before revision 0003 lack its three fields: they are digit answers.
+        if not isinstance(row, dict) or not (every - set(QUEUE_FIELDS_0003) <= set(row) <= every):
             got = sorted(row)[:20] if isinstance(row, dict) else type(row).__name__
             raise FeedbackError(f"not a feedback row (fields {got})")
+        not_digit = _flag(row.get("not_digit", False), "not_digit")
+        if not_digit and row["true_label"] is not None:
+            raise FeedbackError(f"a 'not a digit' answer carries no label, got {row['true_label']!r}")
         try:
             image = base64.b64decode(row["image"], validate=True)
             created_at = datetime.fromisoformat(row["created_at"])
@@ -205,17 +265,22 @@ class Feedback:
         _check_png(image)
         checked = cls.create(
             strokes=row["strokes"],
-            true_label=row["true_label"],
+            true_label=NOT_A_DIGIT if not_digit else row["true_label"],
             probabilities=row["probabilities"],
             image=png_to_image(image),
             model_version=row["model_version"],
             session_id=row["session_id"],
             submission_id=row["submission_id"],
             canvas_size=_canvas_size(row["canvas_size"]),
+            rejected=row.get("rejected", False),
+            not_digit_probability=row.get("not_digit_probability"),
         )
         if (checked.predicted, checked.strokes) != (row["predicted"], row["strokes"]):
             raise FeedbackError("predicted or strokes differ from what the row's own figures give")
         return replace(checked, image=image, created_at=created_at)
+
+
+QUEUE_FIELDS_0003 = ("not_digit", "rejected", "not_digit_probability")
 
 
 def _canvas_size(value) -> int:
@@ -405,7 +470,7 @@ class FeedbackStore:
         replayed = self._flush_quietly()
         if not new:
             return SubmitResult("duplicate", feedback.submission_id, "This drawing was already saved.", replayed)
-        return SubmitResult("saved", feedback.submission_id, f"Saved as {feedback.true_label}. Thank you!", replayed)
+        return SubmitResult("saved", feedback.submission_id, f"Saved as {feedback.answer}. Thank you!", replayed)
 
     # --- the on-disk queue ------------------------------------------------------------------
 
@@ -541,13 +606,18 @@ class FeedbackStore:
             return [dict(r._mapping) for r in result]
 
     def drawings(self):
-        """Stored answers as drawings (strokes + true label) for evaluation or training.
+        """Stored digit answers as drawings (strokes + true label) for evaluation or training.
 
         They go through the same preprocess.strokes_to_input path as the dashboard's input.
+        "Not a digit" answers have no digit label: they are left out (feedback.py exports them).
         """
         from digitlib.drawings import Drawing
 
-        return [Drawing(r["strokes"], r["true_label"], "feedback", r["session_id"]) for r in self.rows()]
+        return [
+            Drawing(r["strokes"], r["true_label"], "feedback", r["session_id"])
+            for r in self.rows()
+            if not r["not_digit"]
+        ]
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -7,6 +7,7 @@ be reached fails the tests; elsewhere they are skipped.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import uuid
@@ -17,8 +18,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from digitlib import migrations
 from digitlib.preprocess import MAX_POINTS, MAX_STROKES, strokes_to_input
-from digitlib.store import Feedback, FeedbackError, FeedbackStore, StoreConfigError, png_to_image
+from digitlib.store import NOT_A_DIGIT, Feedback, FeedbackError, FeedbackStore, StoreConfigError, png_to_image
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 UNREACHABLE_URL = "postgresql+psycopg2://postgres@127.0.0.1:1/test"  # nothing listens on port 1
@@ -116,6 +118,12 @@ def test_stored_answers_come_back_as_drawings(store):
         ({"label": -1}, "label must be a digit 0-9"),
         ({"label": "7"}, "label must be a digit 0-9"),
         ({"label": True}, "label must be a digit 0-9"),
+        ({"label": None}, "label must be a digit 0-9"),  # a missing label is not "not a digit"
+        ({"label": "Not a digit"}, "label must be a digit 0-9"),
+        ({"rejected": 1}, "rejected must be true or false"),
+        ({"not_digit_probability": 1.5}, "not_digit_probability must be a number in [0, 1]"),
+        ({"not_digit_probability": float("nan")}, "not_digit_probability"),
+        ({"not_digit_probability": "0.5"}, "not_digit_probability"),
         ({"strokes": []}, "empty"),
         ({"strokes": [[]]}, "empty"),
         ({"strokes": [[[1, 2]]] * (MAX_STROKES + 1)}, f"at most {MAX_STROKES}"),
@@ -228,3 +236,94 @@ def test_an_sqlite_file_is_written_through_a_write_ahead_log(tmp_path):
     assert reader.execute("SELECT count(*) FROM prediction_logs").fetchone() == (2,)
     reader.close()
     store.dispose()
+
+
+# --- "not a digit" answers (revision 0003) ------------------------------------------------
+
+
+def test_a_not_a_digit_answer_is_stored_apart_from_digit_labels(store):
+    rejected = make_feedback(NOT_A_DIGIT, rejected=True, not_digit_probability=0.93)
+    assert store.submit(rejected).message == "Saved as not a digit. Thank you!"
+    store.submit(make_feedback(label=7, not_digit_probability=0.01))
+    old_model = make_feedback(label=1)  # a model without a not-digit output: no probability
+    store.submit(old_model)
+    first, second, third = store.rows()
+    assert first["not_digit"] is True and first["true_label"] is None
+    assert first["rejected"] is True and first["not_digit_probability"] == pytest.approx(0.93)
+    assert first["predicted"] == 7  # the best guess, as shown in small print
+    assert second["not_digit"] is False and second["true_label"] == 7 and second["rejected"] is False
+    assert third["not_digit_probability"] is None
+    # Drawings for digit training and evaluation carry digit labels only.
+    assert [d.label for d in store.drawings()] == [7, 1]
+
+
+@pytest.mark.parametrize(
+    ("true_label", "not_digit"),
+    [(None, False), (3, True), (12, False)],
+    ids=["neither-label-nor-not-a-digit", "both", "out-of-range"],
+)
+def test_the_database_refuses_a_row_that_is_neither_or_both(store, true_label, not_digit):
+    bad = Feedback(**{**make_feedback().to_row(), "true_label": true_label, "not_digit": not_digit})
+    with pytest.raises(FeedbackError, match="refused"):
+        store.submit(bad)
+    assert store.count() == 0
+
+
+def test_not_a_digit_answers_survive_the_queue(store):
+    down = FeedbackStore(UNREACHABLE_URL, queue_file=store.queue_file)
+    feedback = make_feedback(NOT_A_DIGIT, rejected=False, not_digit_probability=0.2)
+    assert down.submit(feedback).status == "queued"
+    [back] = down.queued()
+    assert back == feedback and back.answer == NOT_A_DIGIT
+    assert store.flush_queue() == 1
+    [row] = store.rows()
+    assert row["not_digit"] is True and row["true_label"] is None and row["not_digit_probability"] == pytest.approx(0.2)
+
+
+def test_queue_lines_from_before_revision_0003_are_still_stored(store):
+    """A row queued by the previous release (no not-digit fields) is a digit answer."""
+    line = json.loads(make_feedback(label=4).to_json())
+    for name in ("not_digit", "rejected", "not_digit_probability"):
+        del line[name]
+    store.queue_file.write_text(json.dumps(line) + "\n")
+    assert store.flush_queue() == 1
+    [row] = store.rows()
+    assert row["true_label"] == 4 and row["not_digit"] is False and row["not_digit_probability"] is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"not_digit": True}, "carries no label"),  # label 4 and "not a digit" at once
+        ({"not_digit": "yes"}, "not_digit must be true or false"),
+        ({"rejected": "no"}, "rejected must be true or false"),
+        ({"not_digit_probability": 7}, "not_digit_probability"),
+        ({"true_label": None}, "label must be a digit"),  # neither
+        ({"surprise": 1}, "not a feedback row"),
+    ],
+)
+def test_bad_not_a_digit_queue_lines_are_kept_aside(store, changes, reason):
+    good = make_feedback(label=2)
+    line = {**json.loads(make_feedback(label=4).to_json()), **changes}
+    store.queue_file.write_text(json.dumps(line) + "\n" + good.to_json() + "\n")
+    assert store.flush_queue() == 1  # the good row still goes in
+    assert [r["true_label"] for r in store.rows()] == [2]
+    assert reason in store.rejected_file.read_text()
+
+
+def test_migrating_to_0003_keeps_digit_rows_and_refuses_to_drop_not_a_digit_answers(store):
+    migrations.upgrade(store.engine, "0002")
+    store.submit(make_feedback(label=5))
+    assert migrations.current_revision(store.engine) == "0003"  # the store's first use upgrades...
+    migrations.downgrade(store.engine, "0002")  # ...and back: digit rows fit 0002
+    with store.engine.connect() as c:
+        assert c.execute(text("SELECT true_label FROM prediction_logs")).scalars().all() == [5]
+    migrations.upgrade(store.engine)
+    [row] = store.rows()
+    assert row["true_label"] == 5 and row["not_digit"] is False and row["rejected"] is False
+    assert row["not_digit_probability"] is None
+
+    store.submit(make_feedback(NOT_A_DIGIT))
+    with pytest.raises(RuntimeError, match="1 stored answers say 'not a digit'"):
+        migrations.downgrade(store.engine, "0002")
+    assert migrations.current_revision(store.engine) == "0003" and store.count() == 2  # nothing lost
