@@ -21,6 +21,8 @@ METADATA_FILE = "metadata.json"
 ONNX_FILE = "model.onnx"
 INPUT_NAME = "images"  # uint8 (N, 28, 28): normalisation is inside the graph
 OUTPUT_NAMES = ("logits", "probabilities")
+# Calibrated probability that a drawing is not a digit; models exported before it lack the output.
+NOT_DIGIT_OUTPUT = "not_digit"
 
 
 class CheckpointError(Exception):
@@ -65,19 +67,63 @@ class OnnxModel:
     def version(self) -> str:
         return self.metadata.get("version", "unknown")
 
+    @property
+    def rejection_threshold(self) -> float | None:
+        """not_digit at or above this answers "not a digit"; None: the model never rejects."""
+        return rejection_threshold(self.metadata)
+
+    def is_not_digit(self, not_digit) -> np.ndarray:
+        """Bool array: which not_digit probabilities (from `predict`) are answered "not a digit"."""
+        return is_not_digit(not_digit, self.rejection_threshold)
+
+    def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (N, 10), not_digit (N,)), float32, for uint8 images (N, 28, 28) or one (28, 28).
+
+        probabilities are calibrated over the ten digits (they sum to 1); not_digit is the
+        calibrated probability that the drawing is no digit at all (zeros for a model without it).
+        """
+        x = _as_images(images)
+        feed = {INPUT_NAME: x}
+        if NOT_DIGIT_OUTPUT in self._outputs():
+            probabilities, not_digit = self.session.run([OUTPUT_NAMES[1], NOT_DIGIT_OUTPUT], feed)
+            return probabilities, not_digit.reshape(-1).astype(np.float32)
+        probabilities = self.session.run([OUTPUT_NAMES[1]], feed)[0]
+        return probabilities, np.zeros(len(x), np.float32)
+
     def predict_proba(self, images) -> np.ndarray:
-        """Class probabilities (N, 10) float32 for uint8 images (N, 28, 28) or one (28, 28)."""
-        x = np.asarray(images)
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim != 3 or x.shape[1:] != (28, 28):
-            raise ValueError(f"images must be (N, 28, 28) uint8, got shape {x.shape}")
-        if x.dtype != np.uint8:
-            x = np.clip(np.round(x), 0, 255).astype(np.uint8)
-        return self.session.run([OUTPUT_NAMES[1]], {INPUT_NAME: np.ascontiguousarray(x)})[0]
+        """Calibrated digit probabilities (N, 10) float32 for uint8 images (N, 28, 28) or one (28, 28)."""
+        return self.session.run([OUTPUT_NAMES[1]], {INPUT_NAME: _as_images(images)})[0]
+
+    def _outputs(self) -> set[str]:
+        return {o.name for o in self.session.get_outputs()}
 
     def logits(self, images) -> np.ndarray:
         return self.session.run([OUTPUT_NAMES[0]], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.uint8)})[0]
+
+
+def _as_images(images) -> np.ndarray:
+    x = np.asarray(images)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise ValueError(f"images must be (N, 28, 28) uint8, got shape {x.shape}")
+    if x.dtype != np.uint8:
+        x = np.clip(np.round(x), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x)
+
+
+def rejection_threshold(metadata: dict) -> float | None:
+    """The recorded operating point (metadata["rejection"]["threshold"]), or None."""
+    value = (metadata.get("rejection") or {}).get("threshold")
+    return None if value is None else float(value)
+
+
+def is_not_digit(not_digit, threshold: float | None) -> np.ndarray:
+    """not_digit >= threshold, elementwise; all False without a threshold. Shared by both sides."""
+    values = np.asarray(not_digit, dtype=np.float64)
+    if threshold is None:
+        return np.zeros(values.shape, bool)
+    return values >= threshold
 
 
 def load_onnx_model(directory: str | Path | None = None) -> OnnxModel:

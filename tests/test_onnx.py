@@ -44,7 +44,7 @@ def test_save_model_writes_a_checked_onnx_file_with_its_metadata(saved):
 
 def test_the_graph_takes_uint8_images_of_any_batch_and_gives_logits_and_probabilities(saved):
     graph = onnx.load(str(saved / "model.onnx"))
-    assert [o.name for o in graph.graph.output] == ["logits", "probabilities"]
+    assert [o.name for o in graph.graph.output] == ["logits", "probabilities", "not_digit"]
     [images] = graph.graph.input
     assert images.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     temperature = next(i for i in graph.graph.initializer if i.name == "temperature")

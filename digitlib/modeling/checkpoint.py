@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,9 +23,20 @@ from digitlib.dataset import MNIST_MEAN, MNIST_STD
 from digitlib.modeling.models import build_model
 
 # Shared with the torch-free side (registry, dashboard), so they live there.
-from digitlib.serving import METADATA_FILE, ONNX_FILE, WEIGHTS_FILE, CheckpointError, file_sha256, read_metadata
+from digitlib.serving import (
+    METADATA_FILE,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    file_sha256,
+    is_not_digit,
+    read_metadata,
+    rejection_threshold,
+)
 
 FORMAT_VERSION = 1
+DIGITS = 10
+NOT_DIGIT = 10  # the label (and logit index) of "not a digit" in a model with 11 outputs
 __all__ = ["METADATA_FILE", "ONNX_FILE", "WEIGHTS_FILE", "CheckpointError", "LoadedModel", "load_model", "save_model"]
 
 
@@ -47,15 +59,78 @@ class LoadedModel:
         x = images.to(next(self.model.parameters()).device).float().div(255.0).unsqueeze(1)
         return (x - norm["mean"]) / norm["std"]
 
+    @property
+    def calibration(self) -> dict:
+        return calibration_of(self.metadata)
+
+    @property
+    def rejection_threshold(self) -> float | None:
+        return rejection_threshold(self.metadata)
+
+    def is_not_digit(self, not_digit) -> np.ndarray:
+        """Bool array: which not_digit probabilities are answered "not a digit" (as serving does)."""
+        return is_not_digit(torch.as_tensor(not_digit).cpu().numpy(), self.rejection_threshold)
+
     @torch.inference_mode()
-    def predict_proba(self, images, batch_size: int = 2048) -> torch.Tensor:
-        """Class probabilities (N, 10) for uint8 images (N, 28, 28), a tensor or a numpy array."""
+    def logits(self, images, batch_size: int = 2048) -> torch.Tensor:
+        """Raw logits (N, 10 or 11) on the CPU, uncalibrated."""
         self.model.eval()
         out = [
-            torch.softmax(self.model(self.to_input(images[i : i + batch_size])).float(), 1).cpu()
+            self.model(self.to_input(images[i : i + batch_size])).float().cpu()
             for i in range(0, len(images), batch_size)
         ]
-        return torch.cat(out) if out else torch.empty(0, 10)
+        return torch.cat(out) if out else torch.empty(0, outputs_of(self.metadata))
+
+    def predict(self, images, batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities (N, 10), not_digit (N,)): the same calibrated figures as serving.OnnxModel.predict."""
+        c = self.calibration
+        return calibrated(self.logits(images, batch_size), c["temperature"], c["not_digit_scale"], c["not_digit_bias"])
+
+    def predict_proba(self, images, batch_size: int = 2048) -> torch.Tensor:
+        """Calibrated digit probabilities (N, 10) for uint8 images (N, 28, 28), a tensor or a numpy array."""
+        return self.predict(images, batch_size)[0]
+
+
+def calibration_of(metadata: dict) -> dict:
+    """Temperature and not-digit scale/bias recorded in metadata["calibration"]; identity when absent."""
+    c = metadata.get("calibration") or {}
+    nd = c.get("not_digit") or {}
+    return {
+        "temperature": float(c.get("temperature", 1.0)),
+        "not_digit_scale": float(nd.get("scale", 1.0)),
+        "not_digit_bias": float(nd.get("bias", 0.0)),
+    }
+
+
+def outputs_of(metadata: dict) -> int:
+    """10 (digits) or 11 (digits and "not a digit")."""
+    return int(metadata.get("outputs", DIGITS))
+
+
+def calibrated(logits: torch.Tensor, temperature, scale, bias) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibrated (digit probabilities, not-digit probability) from raw logits; the ONNX graph runs this too.
+
+    Digits: softmax of the ten digit logits / temperature. Not a digit (11-output models): a
+    sigmoid of scale * (its logit - logsumexp of the digit logits) + bias, i.e. Platt scaling of
+    the model's own log-odds; zeros for a 10-output model.
+    """
+    digits = logits[:, :DIGITS]
+    probabilities = torch.softmax(digits / temperature, 1)
+    if logits.shape[1] <= DIGITS:
+        return probabilities, torch.zeros(logits.shape[0], dtype=probabilities.dtype, device=logits.device)
+    odds = logits[:, NOT_DIGIT] - torch.logsumexp(digits, 1)
+    return probabilities, torch.sigmoid(odds * scale + bias)
+
+
+def build_for(arch: str, arch_params: dict, outputs: int = DIGITS) -> nn.Module:
+    """An architecture with `outputs` outputs: its last Linear layer widened for "not a digit"."""
+    model = build_model(arch, **arch_params)
+    if outputs != DIGITS:
+        last = model[-1]
+        if not isinstance(last, nn.Linear):
+            raise ValueError(f"architecture {arch!r} does not end in a Linear layer")
+        model[-1] = nn.Linear(last.in_features, outputs)
+    return model
 
 
 def save_model(model: nn.Module, directory: str | Path, metadata: dict, onnx_check_limit: int | None = None) -> Path:
@@ -130,7 +205,7 @@ def load_model(
     if expect_arch and meta.get("arch") != expect_arch:
         raise CheckpointError(f"{path}: holds architecture {meta.get('arch')!r}, not {expect_arch!r}")
     try:
-        model = build_model(meta["arch"], **meta.get("arch_params", {}))
+        model = build_for(meta["arch"], meta.get("arch_params", {}), outputs_of(meta))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot build its architecture: {e}") from e
     try:

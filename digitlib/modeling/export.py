@@ -1,8 +1,10 @@
 """Write a model directory's `model.onnx` (the torch-free serving file) and prove it matches.
 
 The graph takes uint8 images (N, 28, 28) with a dynamic batch, normalises them as in
-training, and outputs `logits` and `probabilities` (softmax of logits / `temperature`, an
-initializer of 1.0 that calibration can later change without retraining). It is exported
+training, and outputs `logits` (raw), `probabilities` (the calibrated digit probabilities:
+softmax of the ten digit logits / `temperature`) and `not_digit` (the calibrated probability
+that the drawing is no digit; zeros for a 10-output model), with the calibration recorded in
+metadata["calibration"] as named initializers (checkpoint.calibrated is the formula). It is exported
 with torch.onnx's torch.export-based exporter (`dynamo=True`, the supported one since
 torch 2.9; the TorchScript one is deprecated), unoptimised so `temperature` stays a named
 initializer: ONNX Runtime fuses the graph itself when it loads it.
@@ -27,9 +29,11 @@ import torch
 from torch import nn
 
 from digitlib import config
+from digitlib.modeling.checkpoint import calibrated, calibration_of
 from digitlib.serving import (
     INPUT_NAME,
     METADATA_FILE,
+    NOT_DIGIT_OUTPUT,
     ONNX_FILE,
     OUTPUT_NAMES,
     CheckpointError,
@@ -51,23 +55,32 @@ class ExportError(CheckpointError):
 
 
 class ServingGraph(nn.Module):
-    """uint8 images -> (logits, probabilities): everything the dashboard needs in one graph."""
+    """uint8 images -> (logits, probabilities, not_digit): everything the dashboard needs in one graph."""
 
-    def __init__(self, model: nn.Module, mean: float, std: float):
+    def __init__(self, model: nn.Module, mean: float, std: float, calibration: dict | None = None):
         super().__init__()
         self.model = model
         self.mean, self.std = float(mean), float(std)
-        self.register_buffer(TEMPERATURE, torch.tensor(1.0))
+        c = calibration or calibration_of({})
+        self.register_buffer(TEMPERATURE, torch.tensor(c["temperature"]))
+        self.register_buffer("not_digit_scale", torch.tensor(c["not_digit_scale"]))
+        self.register_buffer("not_digit_bias", torch.tensor(c["not_digit_bias"]))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = (images.float().div(255.0).unsqueeze(1) - self.mean) / self.std
         logits = self.model(x).float()
-        return logits, torch.softmax(logits / self.temperature, 1)
+        probabilities, not_digit = calibrated(logits, self.temperature, self.not_digit_scale, self.not_digit_bias)
+        return logits, probabilities, not_digit
 
 
-def export_graph(model: nn.Module, normalisation: dict, path: Path) -> None:
-    """Export `model` (eval mode, on CPU) with its normalisation to the ONNX file `path`."""
-    graph = ServingGraph(model, normalisation["mean"], normalisation["std"]).cpu().eval()
+def _graph(model: nn.Module, metadata: dict) -> ServingGraph:
+    norm = metadata["normalisation"]
+    return ServingGraph(model, norm["mean"], norm["std"], calibration_of(metadata)).cpu().eval()
+
+
+def export_graph(model: nn.Module, metadata: dict, path: Path) -> None:
+    """Export `model` (eval mode, on CPU) with its normalisation and calibration to the ONNX file `path`."""
+    graph = _graph(model, metadata)
     example = (torch.zeros(2, 28, 28, dtype=torch.uint8),)
     quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]
     levels = [logger.level for logger in quiet]
@@ -81,7 +94,7 @@ def export_graph(model: nn.Module, normalisation: dict, path: Path) -> None:
             None,
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=[*OUTPUT_NAMES, NOT_DIGIT_OUTPUT],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             optimize=False,  # keeps `temperature` a named initializer
             verbose=False,
@@ -110,20 +123,26 @@ def check_sets(limit: int | None = None) -> dict[str, np.ndarray]:
     return {"mnist_test": mnist[:limit], "pen_digits": pen[:limit]}
 
 
-def compare(model: nn.Module, normalisation: dict, path: Path, sets: dict[str, np.ndarray]) -> dict:
+def compare(model: nn.Module, metadata: dict, path: Path, sets: dict[str, np.ndarray]) -> dict:
     """Run torch and ONNX Runtime over `sets`; raise ExportError unless they agree."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    graph = ServingGraph(model, normalisation["mean"], normalisation["std"]).cpu().eval()
+    graph = _graph(model, metadata)
     figures = {}
     for name, images in sets.items():
         with torch.inference_mode():
-            expected = torch.cat(
-                [graph(torch.from_numpy(images[i : i + 1024]))[1] for i in range(0, len(images), 1024)]
-            )
-        expected = expected.numpy()
-        got = session.run([OUTPUT_NAMES[1]], {INPUT_NAME: images})[0]
+            outputs = [graph(torch.from_numpy(images[i : i + 1024]))[1:] for i in range(0, len(images), 1024)]
+        expected = torch.cat([o[0] for o in outputs]).numpy() if outputs else np.zeros((0, 10), np.float32)
+        expected_nd = torch.cat([o[1] for o in outputs]).numpy() if outputs else np.zeros(0, np.float32)
+        got, got_nd = session.run([OUTPUT_NAMES[1], NOT_DIGIT_OUTPUT], {INPUT_NAME: images})
+        if len(images):
+            nd_worst = float(np.abs(expected_nd - got_nd).max())
+            if not np.isfinite(got_nd).all() or nd_worst > PROBABILITY_TOLERANCE:
+                raise ExportError(
+                    f"ONNX export refused: on {name}, not_digit differs from torch by up to {nd_worst:.2e} "
+                    f"(allowed {PROBABILITY_TOLERANCE:.0e})"
+                )
         if not (np.isfinite(expected).all() and np.isfinite(got).all()):
             raise ExportError(f"{path}: non-finite probabilities on {name} (NaN or infinite weights); refused")
         top2 = np.sort(expected, 1)[:, -2:] if len(images) else np.zeros((0, 2))
@@ -167,8 +186,8 @@ def export_onnx(directory: str | Path, check_limit: int | None = None) -> dict:
         check_limit = int(config.ONNX_CHECK.get())
     temporary = directory / f".{ONNX_FILE}.{os.getpid()}.tmp"
     try:
-        export_graph(loaded.model, loaded.metadata["normalisation"], temporary)
-        checked = compare(loaded.model, loaded.metadata["normalisation"], temporary, check_sets(check_limit))
+        export_graph(loaded.model, loaded.metadata, temporary)
+        checked = compare(loaded.model, loaded.metadata, temporary, check_sets(check_limit))
         opset = next(
             o.version
             for o in onnx.load(str(temporary), load_external_data=False).opset_import
@@ -181,7 +200,8 @@ def export_onnx(directory: str | Path, check_limit: int | None = None) -> dict:
             "onnxruntime_version": ort.__version__,
             "torch_version": torch.__version__,
             "source_weights_sha256": meta.get("weights_sha256"),  # the .pt it was exported from
-            "temperature": 1.0,
+            "temperature": calibration_of(loaded.metadata)["temperature"],
+            "outputs": [*OUTPUT_NAMES, NOT_DIGIT_OUTPUT],
             "checked": checked,
         }
         os.replace(temporary, directory / ONNX_FILE)
