@@ -36,7 +36,7 @@ from digitlib.preprocess import (
 )
 from digitlib.registry import LiveModel
 from digitlib.serving import CheckpointError, OnnxModel, load_onnx_model
-from digitlib.store import FeedbackError, FeedbackStore, StoreConfigError, image_to_png
+from digitlib.store import NOT_A_DIGIT, FeedbackError, FeedbackStore, StoreConfigError, image_to_png
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,31 @@ CSS = {
     "clear": "digit-clear",
     "undo": "digit-undo",
     "status": "digit-status",
+    "not_digit": "digit-not-digit",
 }
+TOUCH_PX = 44  # smallest comfortable touch target (Apple HIG, WCAG 2.5.5)
 STYLE = f"""<style>
 .digit-dashboard .digit-prediction, .digit-dashboard .digit-prediction .widget-html-content {{
   font-size: 96px; line-height: 100px; height: 100px; font-weight: 700; min-width: 90px; }}
+.digit-dashboard .digit-rejected {{ display: block; font-size: 40px; line-height: 48px; white-space: nowrap; }}
+.digit-dashboard .digit-best-guess {{ display: block; font-size: 13px; line-height: 17px; font-weight: 400;
+  white-space: normal; max-width: 260px; color: #555; }}
 .digit-dashboard .digit-status .widget-html-content {{ font-size: 16px; }}
 .digit-dashboard .digit-preview {{ image-rendering: pixelated; border: 1px solid #888; }}
 .digit-dashboard canvas.digit-canvas {{ touch-action: none; cursor: crosshair; border: 1px solid #444;
   width: {CANVAS_SIZE}px; height: {CANVAS_SIZE}px; flex: none; }}
+/* Rows wrap instead of squeezing: on a phone the panel goes under the canvas, buttons keep their labels. */
+.digit-dashboard .digit-row {{ flex-wrap: wrap; gap: 8px 24px; align-items: flex-start; }}
+.digit-dashboard .digit-answers {{ flex-wrap: wrap; gap: 4px; align-items: center; }}
+.digit-dashboard .digit-drawing {{ flex: none; min-width: {CANVAS_SIZE + 2}px; }}
+.digit-dashboard .digit-answers .jupyter-button, .digit-dashboard .digit-buttons .jupyter-button {{
+  min-width: {TOUCH_PX}px; height: {TOUCH_PX}px; flex: none; margin: 0; padding: 0 10px;
+  overflow: visible; text-overflow: clip; }}
+@media (max-width: 640px) {{
+  .digit-dashboard .digit-prediction, .digit-dashboard .digit-prediction .widget-html-content {{
+    font-size: 72px; line-height: 80px; height: 88px; }}
+  .digit-dashboard .digit-answers .jupyter-button {{ min-width: 52px; }}
+}}
 .digit-bars {{ font: 13px monospace; }}
 .digit-bars .row {{ display: flex; align-items: center; gap: 6px; height: 18px; }}
 .digit-bars .bar {{ background: #9ab; height: 12px; }}
@@ -155,9 +172,11 @@ class DrawingPad:
 
 @dataclass(frozen=True)
 class Prediction:
-    probabilities: list[float]
+    probabilities: list[float]  # calibrated over the ten digits
     image: np.ndarray  # the uint8 28x28 input the model saw
     model_version: str = ""  # the model that made it: the stored row names this one
+    not_digit: float | None = None  # probability it is no digit; None: the model has no such output
+    rejected: bool = False  # the model's answer is "not a digit" (at its recorded operating point)
 
     @property
     def digit(self) -> int:
@@ -169,14 +188,35 @@ class Prediction:
 
 
 def predict_strokes(model: OnnxModel, strokes, brush: Brush = DEFAULT_BRUSH) -> Prediction:
-    """Strokes on the canvas -> the model's probabilities, through the one preprocessing path.
+    """Strokes on the canvas -> the model's calibrated answer, through the one preprocessing path.
 
-    `model` is anything with predict_proba on uint8 (N, 28, 28) arrays and a version: the ONNX
-    model here, a torch LoadedModel in evaluations.
+    `model` is anything with serving's `predict` (probabilities, not_digit) and `is_not_digit`
+    and a version: the ONNX model here, a torch LoadedModel in evaluations.
     """
     image = strokes_to_input(strokes, brush)
-    probabilities = model.predict_proba(image[None])[0]
-    return Prediction([float(p) for p in probabilities], image, model.version)
+    probabilities, not_digit = model.predict(image[None])
+    not_digit = float(np.asarray(not_digit).reshape(-1)[0])
+    rejected = bool(np.asarray(model.is_not_digit(np.asarray([not_digit]))).reshape(-1)[0])
+    # A model without a not-digit output predicts zeros and never rejects: store NULL, not a made-up 0.
+    has_output = getattr(model, "rejection_threshold", None) is not None or not_digit > 0
+    return Prediction(
+        [float(p) for p in np.asarray(probabilities)[0]],
+        image,
+        model.version,
+        not_digit if has_output else None,
+        rejected,
+    )
+
+
+def prediction_html(p: Prediction) -> str:
+    """The big answer: the digit, or "Not a digit" with the best guess in small print."""
+    if not p.rejected:
+        return str(p.digit)
+    return (
+        '<span class="digit-rejected">Not a digit</span>'
+        f'<span class="digit-best-guess">{p.not_digit:.0%} sure this is not a digit; '
+        f"best guess {p.digit} ({p.confidence:.0%})</span>"
+    )
 
 
 def bars_html(probabilities: list[float] | None) -> str:
@@ -254,7 +294,8 @@ class Dashboard:
         self.clear_button = _button("Clear", CSS["clear"], "trash")
         self.undo_button = _button("Undo", CSS["undo"], "undo")
         self.correct_button = _button("Correct", CSS["correct"], "check", style="success")
-        self.label_buttons = [_button(str(d), label_class(d), width="36px") for d in range(10)]
+        self.label_buttons = [_button(str(d), label_class(d)) for d in range(10)]
+        self.not_digit_button = _button("Not a digit", CSS["not_digit"], "ban")
 
     def _connect(self) -> None:
         c = self.canvas
@@ -273,21 +314,31 @@ class Dashboard:
         self.correct_button.on_click(lambda _: self.submit_correct())
         for digit, button in enumerate(self.label_buttons):
             button.on_click(lambda _, d=digit: self.submit(d))
+        self.not_digit_button.on_click(lambda _: self.submit(NOT_A_DIGIT))
 
     def layout(self) -> widgets.Widget:
-        left = widgets.VBox([self.canvas, widgets.HBox([self.undo_button, self.clear_button])])
+        tools = _with_class(widgets.HBox([self.undo_button, self.clear_button]), "digit-buttons")
+        left = _with_class(widgets.VBox([self.canvas, tools]), "digit-drawing")
         right = widgets.VBox(
             [
                 widgets.HBox([self.prediction_label, self.confidence_label]),
                 self.bars,
                 widgets.HBox([widgets.HTML("model input:"), self.preview]),
                 self.version_label,
-            ],
-            layout=widgets.Layout(margin="0 0 0 24px"),
+            ]
         )
-        answer = widgets.HBox([widgets.HTML("It was actually:&nbsp;"), *self.label_buttons])
+        answer = _with_class(
+            widgets.HBox([widgets.HTML("It was actually:&nbsp;"), *self.label_buttons, self.not_digit_button]),
+            "digit-answers",
+        )
         box = widgets.VBox(
-            [widgets.HTML(STYLE), widgets.HBox([left, right]), widgets.HBox([self.correct_button]), answer, self.status]
+            [
+                widgets.HTML(STYLE),
+                _with_class(widgets.HBox([left, right]), "digit-row"),
+                _with_class(widgets.HBox([self.correct_button]), "digit-buttons"),
+                answer,
+                self.status,
+            ]
         )
         box.add_class("digit-dashboard")
         return box
@@ -386,25 +437,26 @@ class Dashboard:
             self.bars.value = bars_html(None)
             self.preview.value = BLANK_PREVIEW
         else:
-            self.prediction_label.value = str(p.digit)
-            self.confidence_label.value = f"<b>{p.confidence:.0%}</b> sure"
+            self.prediction_label.value = prediction_html(p)
+            self.confidence_label.value = "" if p.rejected else f"<b>{p.confidence:.0%}</b> sure"
             self.bars.value = bars_html(p.probabilities)
             self.preview.value = image_to_png(p.image)
         self._enable_answers(p is not None and self.pad.drawing_id not in self.saved_ids)
 
     def _enable_answers(self, enabled: bool) -> None:
-        for button in (self.correct_button, *self.label_buttons):
+        for button in (self.correct_button, *self.label_buttons, self.not_digit_button):
             button.disabled = not enabled
 
     # --- feedback -----------------------------------------------------------------------------
 
     def submit_correct(self) -> None:
+        """The model was right: its digit, or "not a digit" when that was its answer."""
         if self.prediction is not None:
-            self.submit(self.prediction.digit)
+            self.submit(NOT_A_DIGIT if self.prediction.rejected else self.prediction.digit)
 
     @_guarded
     def submit(self, label) -> str | None:
-        """Store the current drawing with its true label; returns the store's status or None."""
+        """Store the current drawing with its true label (0-9 or NOT_A_DIGIT); returns the store's status or None."""
         if self.prediction is None or self.pad.empty:
             self.show_status("Draw a digit first.", error=True)
             return None
@@ -439,6 +491,8 @@ class Dashboard:
             model_version=p.model_version or self.model.version,
             session_id=self.session_id,
             submission_id=self.pad.drawing_id,
+            rejected=p.rejected,
+            not_digit_probability=p.not_digit,
         )
 
     def show_status(self, text: str, error: bool = False) -> None:

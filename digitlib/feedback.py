@@ -4,7 +4,8 @@
   and strokes decoded on request.
 - `export_training_set` re-renders every stored drawing from its strokes through
   preprocess.strokes_to_input (today's preprocessing, not the PNG saved when it was drawn),
-  drops duplicates, splits off a fixed held-out set and writes a manifest.
+  drops duplicates, splits off a fixed held-out set and writes a manifest. "Not a digit"
+  answers stay out of the digit sets: they go to not_digit.npz, a class of their own.
 - `training_mix`, `fine_tune_config` and `compare_models` are the retrain recipe: MNIST plus
   oversampled feedback, fine-tuning the current model, candidate and current side by side.
 """
@@ -37,10 +38,11 @@ from digitlib.store import FeedbackStore, png_to_image, prediction_logs, redact_
 
 SUMMARY_COLUMNS = [
     "id", "submission_id", "created_at", "model_version", "predicted", "confidence", "probabilities",
-    "true_label", "canvas_size", "session_id",
+    "true_label", "canvas_size", "session_id", "not_digit", "rejected", "not_digit_probability",
 ]  # fmt: skip
 MANIFEST_FILE = "manifest.json"
 SPLIT_FILES = {"train": "train.npz", "holdout": "holdout.npz"}
+NOT_DIGIT_FILE = "not_digit.npz"  # images visitors answered "not a digit" for, with their split
 DEFAULT_HOLDOUT_FRACTION = 0.2
 
 
@@ -64,7 +66,8 @@ def _sqlite_file_missing(url: str) -> bool:
 def load_feedback(url: str | None = None, images: bool = False, strokes: bool = False) -> pd.DataFrame:
     """Every logged answer as a DataFrame, oldest first (empty, with the columns, when none are).
 
-    Adds `correct` (the visitor said the model was right). `images=True` adds `image`, the
+    Adds `correct` (the visitor said the model was right: its digit when it answered a digit,
+    "not a digit" when it rejected the drawing). `images=True` adds `image`, the
     28x28 uint8 model input decoded from its PNG; `strokes=True` adds the drawing's strokes.
     A missing SQLite file or table is an empty frame, and is not created by reading.
     """
@@ -89,7 +92,10 @@ def load_feedback(url: str | None = None, images: bool = False, strokes: bool = 
         return empty
     # SQLite hands back naive datetimes: the store writes UTC.
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
-    frame["correct"] = frame["predicted"] == frame["true_label"]
+    for flag in ("not_digit", "rejected"):
+        frame[flag] = frame[flag].astype(bool)  # SQLite may hand back 0/1
+    answered_digit = ~frame["rejected"] & ~frame["not_digit"] & (frame["predicted"] == frame["true_label"])
+    frame["correct"] = answered_digit | (frame["rejected"] & frame["not_digit"])
     if images:
         frame["image"] = [png_to_image(bytes(png)) for png in frame["image"]]
     return frame
@@ -104,6 +110,8 @@ def feedback_summary(frame: pd.DataFrame) -> dict:
         return {"n": 0}
     return {
         "n": len(frame),
+        "not_digit_answers": int(frame["not_digit"].sum()),
+        "rejected_by_model": int(frame["rejected"].sum()),
         "sessions": int(frame["session_id"].nunique()),
         "first": frame["created_at"].min().isoformat(),
         "last": frame["created_at"].max().isoformat(),
@@ -128,8 +136,24 @@ def accuracy_per_version(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def user_confusion(frame: pd.DataFrame) -> np.ndarray:
-    """10x10 counts: rows the label visitors gave, columns what the model predicted."""
-    return confusion_counts(frame["true_label"].to_numpy(np.int64), frame["predicted"].to_numpy(np.int64)).numpy()
+    """10x10 counts over digit answers: rows the label visitors gave, columns the model's best guess."""
+    digits = frame[~frame["not_digit"]]
+    return confusion_counts(digits["true_label"].to_numpy(np.int64), digits["predicted"].to_numpy(np.int64)).numpy()
+
+
+def rejection_agreement(frame: pd.DataFrame) -> pd.DataFrame:
+    """2x2 counts: the visitor's answer (rows: a digit / not a digit) against the model's (columns).
+
+    Only rows whose model had a not-digit output (not_digit_probability not null) say anything
+    about rejection; older rows are left out.
+    """
+    judged = frame[frame["not_digit_probability"].notna()]
+    names = {False: "a digit", True: "not a digit"}
+    table = pd.crosstab(
+        judged["not_digit"].map(names).rename("visitor said"),
+        judged["rejected"].map(names).rename("model said"),
+    )
+    return table.reindex(index=list(names.values()), columns=list(names.values()), fill_value=0)
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -141,14 +165,33 @@ def in_holdout(submission_id: str, fraction: float = DEFAULT_HOLDOUT_FRACTION) -
     return bucket < fraction
 
 
+def rejection_rates(frame: pd.DataFrame) -> dict:
+    """How the model's rejections matched the visitors' answers (rows with a not-digit output only).
+
+    `digits`: share of digit answers the model answered "not a digit" (turned away wrongly);
+    `non_digits`: share of "not a digit" answers it rejected (caught); None where there are none.
+    """
+    table = rejection_agreement(frame)
+    out = {}
+    for key, row in (("digits", "a digit"), ("non_digits", "not a digit")):
+        n = int(table.loc[row].sum())
+        out[f"n_{key}"] = n
+        out[key] = float(table.loc[row, "not a digit"] / n) if n else None
+    return out
+
+
 def _drawing_key(strokes) -> str:
     return hashlib.sha256(json.dumps(strokes, separators=(",", ":")).encode()).hexdigest()
 
 
 def _deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-    """One row per drawing (the first answer); a drawing given different labels is dropped as unreliable."""
+    """One row per drawing (the first answer); a drawing given different answers is dropped as unreliable.
+
+    "Not a digit" is an answer like a label: a drawing called both 3 and "not a digit" goes.
+    """
     keys = frame["strokes"].map(_drawing_key)
-    labels_per_key = frame.groupby(keys)["true_label"].nunique()
+    answers = frame["true_label"].where(~frame["not_digit"], -1)
+    labels_per_key = answers.groupby(keys).nunique()
     conflicting = keys.map(labels_per_key) > 1
     kept = frame[~conflicting & ~keys.duplicated()]
     duplicates = int((~conflicting).sum()) - len(kept)
@@ -174,6 +217,13 @@ def _write_split(path: Path, frame: pd.DataFrame, images: list[np.ndarray]) -> s
     return file_sha256(path)
 
 
+def _write_not_digit(path: Path, frame: pd.DataFrame, images: list[np.ndarray], holdout: np.ndarray) -> str:
+    stacked = np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
+    ids = frame["submission_id"].to_numpy(dtype=str)
+    np.savez_compressed(path, images=stacked, holdout=holdout.astype(bool), submission_ids=ids)
+    return file_sha256(path)
+
+
 def _label_counts(frame: pd.DataFrame) -> dict[str, int]:
     counts = frame["true_label"].value_counts()
     return {str(d): int(counts.get(d, 0)) for d in range(10)}
@@ -182,7 +232,11 @@ def _label_counts(frame: pd.DataFrame) -> dict[str, int]:
 def export_training_set(
     out: str | Path, url: str | None = None, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
 ) -> dict:
-    """Write train.npz, holdout.npz and manifest.json into `out` from the logged feedback; returns the manifest.
+    """Write train.npz, holdout.npz, not_digit.npz and manifest.json into `out`; returns the manifest.
+
+    train/holdout hold digit answers (labels 0-9) only. not_digit.npz holds the drawings
+    visitors answered "not a digit" for (images, holdout flags by the same split rule): a class
+    of its own for a trainer with a not-digit output, never mixed into the digit labels.
 
     Raises FeedbackDataError when there is no usable feedback.
     """
@@ -198,8 +252,9 @@ def export_training_set(
     if usable.empty:
         raise FeedbackDataError(f"none of the {len(frame)} rows in {password_free_url(url)} gives a usable drawing")
     holdout = usable["submission_id"].map(lambda s: in_holdout(s, holdout_fraction)).to_numpy()
+    negative = usable["not_digit"].to_numpy(bool)
     out = Path(out)
-    splits, checksums = {"train": ~holdout, "holdout": holdout}, {}
+    splits, checksums = {"train": ~holdout & ~negative, "holdout": holdout & ~negative}, {}
     dropped = {"duplicates": duplicates, "conflicting_labels": conflicting, "unrenderable": len(unique) - len(usable)}
     manifest = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -210,6 +265,13 @@ def export_training_set(
         "dropped": dropped,
         "split": {"rule": "sha256(submission_id) bucket < holdout_fraction", "holdout_fraction": holdout_fraction},
         "counts": {s: {"n": int(m.sum()), "per_label": _label_counts(usable[m])} for s, m in splits.items()},
+        "not_digit": {
+            "file": NOT_DIGIT_FILE,
+            "n": int(negative.sum()),
+            "train": int((negative & ~holdout).sum()),
+            "holdout": int((negative & holdout).sum()),
+            "note": "answers 'not a digit': kept out of train/holdout (labels 0-9 only); a class of their own",
+        },
         "model_versions": {str(k): int(v) for k, v in usable["model_version"].value_counts().items()},
         "preprocessing": "preprocess.strokes_to_input (re-rendered from stored strokes)",
         "sha256": checksums,
@@ -220,6 +282,10 @@ def export_training_set(
             for split, mask in splits.items():
                 chosen = [image for image, keep in zip(images, mask, strict=True) if keep]
                 checksums[split] = _write_split(staged(SPLIT_FILES[split]), usable[mask], chosen)
+            chosen = [image for image, keep in zip(images, negative, strict=True) if keep]
+            checksums["not_digit"] = _write_not_digit(
+                staged(NOT_DIGIT_FILE), usable[negative], chosen, holdout[negative]
+            )
             staged(MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     except OSError as e:  # a read-only or full disk: the folder keeps what it held before
         raise FeedbackDataError(f"{out}: export not written ({e.strerror or e}); the folder is as it was") from None
@@ -258,6 +324,8 @@ class FeedbackExport:
     holdout: Digits
     manifest: dict
     directory: Path
+    # "Not a digit" drawings per split: uint8 (N, 28, 28); empty for exports made before them.
+    not_digit: dict[str, torch.Tensor] | None = None
 
 
 def load_export(directory: str | Path) -> FeedbackExport:
@@ -274,7 +342,16 @@ def load_export(directory: str | Path) -> FeedbackExport:
             raise FeedbackDataError(f"{path}: missing or altered since export (checksum differs from {manifest_path})")
         with np.load(path, allow_pickle=False) as data:
             splits[split] = Digits(torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]))
-    return FeedbackExport(splits["train"], splits["holdout"], manifest, directory)
+    empty = torch.zeros((0, 28, 28), dtype=torch.uint8)
+    not_digit = {"train": empty, "holdout": empty}
+    if "not_digit" in manifest["sha256"]:  # older exports have no such file
+        path = directory / NOT_DIGIT_FILE
+        if not path.is_file() or file_sha256(path) != manifest["sha256"]["not_digit"]:
+            raise FeedbackDataError(f"{path}: missing or altered since export (checksum differs from {manifest_path})")
+        with np.load(path, allow_pickle=False) as data:
+            images, holdout = torch.from_numpy(data["images"]), torch.from_numpy(data["holdout"])
+        not_digit = {"train": images[~holdout], "holdout": images[holdout]}
+    return FeedbackExport(splits["train"], splits["holdout"], manifest, directory, not_digit)
 
 
 # --- retraining -----------------------------------------------------------------------------------
@@ -328,21 +405,23 @@ def submit_drawings(store: FeedbackStore, model: LoadedModel, drawings, per_sess
     """Answer the dashboard with recorded drawings, as visitors would; returns how many rows were saved.
 
     Each drawing goes through the dashboard's own predict path, and its recorded label is the
-    visitor's answer; every `per_session` drawings make one session.
+    visitor's answer (a null label: "not a digit"); every `per_session` drawings make one session.
     """
     from digitlib.dashboard import predict_strokes
-    from digitlib.store import Feedback
+    from digitlib.store import NOT_A_DIGIT, Feedback
 
     saved = 0
     for i, drawing in enumerate(drawings):
         prediction = predict_strokes(model, drawing.strokes)
         row = Feedback.create(
             strokes=drawing.strokes,
-            true_label=drawing.label,
+            true_label=NOT_A_DIGIT if drawing.label is None else drawing.label,
             probabilities=prediction.probabilities,
             image=prediction.image,
             model_version=prediction.model_version,
             session_id=f"{drawing.source}-{i // per_session}",
+            rejected=prediction.rejected,
+            not_digit_probability=prediction.not_digit,
         )
         saved += store.submit(row).status == "saved"
     return saved

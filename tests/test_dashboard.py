@@ -49,7 +49,28 @@ def draw(dash: Dashboard, strokes, end="mouse_up") -> None:
 
 
 def answer_buttons(dash: Dashboard):
-    return [dash.correct_button, *dash.label_buttons]
+    return [dash.correct_button, *dash.label_buttons, dash.not_digit_button]
+
+
+class Rejecting:
+    """The served model with a not-digit output and an operating point: says `not_digit` for every drawing.
+
+    Its digit probabilities are the real model's, scaled as calibration would change them, so
+    the test can tell calibrated values from raw ones.
+    """
+
+    rejection_threshold = 0.5
+
+    def __init__(self, model, not_digit: float):
+        self.model, self.not_digit, self.version = model, not_digit, "rejecting-1"
+
+    def predict(self, images):
+        probabilities = self.model.predict_proba(images) ** 0.5  # "calibrated": flatter than the raw ones
+        probabilities /= probabilities.sum(1, keepdims=True)
+        return probabilities, np.full(len(images), self.not_digit, np.float32)
+
+    def is_not_digit(self, not_digit):
+        return np.asarray(not_digit) >= self.rejection_threshold
 
 
 # --- DrawingPad ---------------------------------------------------------------------------
@@ -118,7 +139,7 @@ def test_prediction_after_every_stroke_uses_the_one_preprocessing_path(dash, mod
     draw(dash, ONE_STROKE_PLUS[1:], end="touch")
     second = dash.prediction
     strokes = dash.pad.as_lists()
-    expected = model.predict_proba(strokes_to_input(strokes)[None])[0]
+    expected = model.predict(strokes_to_input(strokes)[None])[0][0]
     assert np.array_equal(second.image, strokes_to_input(strokes))
     assert second.probabilities == pytest.approx(expected.tolist())
     assert first.image.sum() != second.image.sum()  # the second stroke changed what the model saw
@@ -234,6 +255,7 @@ def test_widgets_carry_the_css_hooks(dash):
     page = dash.layout()
     classes = {c for w in _walk(page) for c in getattr(w, "_dom_classes", ())}
     expected = {"digit-canvas", "digit-prediction", "digit-correct", "digit-clear", "digit-undo", "digit-status"}
+    expected |= {"digit-not-digit"}
     assert expected | {label_class(d) for d in range(10)} <= classes
     assert dash.canvas.width == dash.canvas.height == 280
     assert dash.canvas.layout.width == dash.canvas.layout.height == "280px"
@@ -278,3 +300,64 @@ def test_build_dashboard_with_corrupt_metadata_names_the_file(monkeypatch, tmp_p
     monkeypatch.setenv(config.MODEL_DIR.name, str(broken))
     page = build_dashboard()  # a message in the page, not Voila's generic cell error
     assert "cannot start" in page.value and str(broken / "metadata.json") in page.value
+
+
+# --- "not a digit" -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rejecting(model, store):
+    return Dashboard(Rejecting(model, not_digit=0.87), store)
+
+
+def test_a_rejected_drawing_shows_not_a_digit_with_the_best_guess_in_small_print(rejecting):
+    draw(rejecting, SEVEN)
+    p = rejecting.prediction
+    assert p.rejected and p.not_digit == pytest.approx(0.87)
+    shown = rejecting.prediction_label.value
+    assert 'class="digit-rejected">Not a digit<' in shown and "not a digit" in shown
+    assert f'class="digit-best-guess">87% sure this is not a digit; best guess {p.digit} ({p.confidence:.0%})' in shown
+    assert rejecting.confidence_label.value == ""  # no big "NN% sure" for a digit it does not believe in
+    # The bars are the calibrated probabilities predict returned, not the raw softmax.
+    expected = Rejecting(rejecting.model.model, 0.87).predict(strokes_to_input(rejecting.pad.as_lists())[None])[0][0]
+    assert p.probabilities == pytest.approx(expected.tolist())
+    assert f"{expected.max():6.1%}" in rejecting.bars.value
+
+
+def test_correct_on_a_rejection_stores_not_a_digit_as_made(rejecting, store):
+    draw(rejecting, SEVEN)
+    guess = rejecting.prediction.digit
+    rejecting.correct_button.click()
+    [row] = store.rows()
+    assert row["not_digit"] is True and row["true_label"] is None
+    assert row["rejected"] is True and row["not_digit_probability"] == pytest.approx(0.87)
+    assert row["predicted"] == guess and row["model_version"] == "rejecting-1"
+    assert "Saved as not a digit" in rejecting.status.value
+
+
+def test_a_digit_answer_to_a_rejection_keeps_the_rejection_on_record(rejecting, store):
+    draw(rejecting, SEVEN)
+    rejecting.label_buttons[7].click()
+    [row] = store.rows()
+    assert row["true_label"] == 7 and row["not_digit"] is False and row["rejected"] is True
+
+
+def test_not_a_digit_button_stores_a_negative_once(model, store):
+    dash = Dashboard(Rejecting(model, not_digit=0.1), store)  # below the threshold: a digit is shown
+    draw(dash, SEVEN)
+    assert not dash.prediction.rejected and dash.prediction_label.value == str(dash.prediction.digit)
+    dash.not_digit_button.click()
+    assert "Saved as not a digit" in dash.status.value and dash.pad.empty
+    assert dash.not_digit_button.disabled
+    dash.not_digit_button.click()  # a double tap that got through anyway
+    [row] = store.rows()
+    assert row["not_digit"] is True and row["true_label"] is None
+    assert row["rejected"] is False and row["not_digit_probability"] == pytest.approx(0.1)
+
+
+def test_a_model_without_a_not_digit_output_never_rejects_and_stores_null(dash, store):
+    draw(dash, SEVEN)  # the tiny model: ten outputs, no operating point
+    assert not dash.prediction.rejected and dash.prediction.not_digit is None
+    dash.not_digit_button.click()
+    [row] = store.rows()
+    assert row["not_digit"] is True and row["rejected"] is False and row["not_digit_probability"] is None

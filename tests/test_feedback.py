@@ -17,7 +17,7 @@ from digitlib.modeling.checkpoint import CheckpointError, load_model, save_model
 from digitlib.modeling.models import build_model
 from digitlib.modeling.train import TrainConfig, train
 from digitlib.preprocess import strokes_to_input
-from digitlib.store import Feedback, FeedbackStore
+from digitlib.store import NOT_A_DIGIT, Feedback, FeedbackStore
 
 ONE = [[[140, 40], [140, 240]]]
 SEVEN = [[[100, 60], [180, 60], [130, 220]]]
@@ -225,3 +225,106 @@ def test_compare_models_side_by_side(tmp_path):
     table = feedback.compare_models({"current": model, "candidate": model}, {"a": digits(5, 2), "b": digits(7, 4)})
     assert list(table.index) == ["a", "b"] and table.loc["b", "n"] == 7
     assert (table["current"] == table["candidate"]).all() and table["current"].between(0, 1).all()
+
+
+# --- "not a digit" answers -------------------------------------------------------------------------
+
+STAR = [[[140, 20], [180, 250], [40, 100], [240, 100], [100, 250], [140, 20]]]
+CIRCLE = [[[140, 40], [220, 140], [140, 240], [60, 140], [140, 40]]]
+
+
+@pytest.fixture
+def with_negatives(url, tmp_path):
+    """Digit answers and "not a digit" answers, from a model that rejects and one that cannot."""
+    store = FeedbackStore(url, queue_file=tmp_path / "queue.jsonl")
+    rows = [
+        answer(ONE, 1, 1, "v3", not_digit_probability=0.02),  # right digit
+        answer(STAR, NOT_A_DIGIT, 4, "v3", rejected=True, not_digit_probability=0.95),  # rightly rejected
+        answer(CIRCLE, NOT_A_DIGIT, 0, "v3", not_digit_probability=0.3),  # a negative the model took for 0
+        answer(SEVEN, 7, 7, "v3", rejected=True, not_digit_probability=0.7),  # a 7 wrongly rejected
+        answer(FOUR, 4, 4, "v1"),  # an older model: no not-digit output
+        answer(FOUR, NOT_A_DIGIT, 4, "v1"),  # the same drawing called "not a digit" by someone else
+    ]
+    for row in rows:
+        assert store.submit(row).status == "saved"
+    store.dispose()
+    return url
+
+
+def test_not_a_digit_answers_in_the_frame_and_the_analysis(with_negatives):
+    frame = load_feedback(with_negatives)
+    assert frame["not_digit"].tolist() == [False, True, True, False, False, True]
+    assert frame["rejected"].tolist() == [False, True, False, True, False, False]
+    assert frame["true_label"].isna().tolist() == frame["not_digit"].tolist()
+    # Right: its digit when it answered one, "not a digit" when it rejected a negative.
+    assert frame["correct"].tolist() == [True, True, False, False, True, False]
+    agreement = feedback.rejection_agreement(frame)  # v1 rows (no probability) say nothing
+    assert agreement.loc["a digit", "a digit"] == 1 and agreement.loc["a digit", "not a digit"] == 1
+    assert agreement.loc["not a digit", "not a digit"] == 1 and agreement.loc["not a digit", "a digit"] == 1
+    assert int(agreement.to_numpy().sum()) == 4
+    rates = feedback.rejection_rates(frame)
+    assert rates == {"n_digits": 2, "digits": 0.5, "n_non_digits": 2, "non_digits": 0.5}
+    assert feedback.rejection_rates(frame[frame["model_version"] == "v1"])["digits"] is None
+    summary = feedback.feedback_summary(frame)
+    assert summary["not_digit_answers"] == 3 and summary["rejected_by_model"] == 2
+    confusion = feedback.user_confusion(frame)  # digit answers only
+    assert confusion.sum() == 3 and confusion[7, 7] == 1
+
+
+def test_export_keeps_not_a_digit_answers_out_of_the_digit_sets(with_negatives, tmp_path):
+    manifest = export_training_set(tmp_path / "e", with_negatives, holdout_fraction=0.5)
+    # FOUR was called 4 and "not a digit": dropped as conflicting, both rows.
+    assert manifest["dropped"]["conflicting_labels"] == 2 and manifest["exported"] == 4
+    assert manifest["counts"]["train"]["n"] + manifest["counts"]["holdout"]["n"] == 2  # ONE and SEVEN
+    nd = manifest["not_digit"]
+    assert nd["file"] == "not_digit.npz" and nd["n"] == 2 and nd["train"] + nd["holdout"] == 2
+    assert "not_digit" in manifest["sha256"]
+
+    export = load_export(tmp_path / "e")
+    both = feedback.concat_digits(export.train, export.holdout)
+    assert sorted(both.labels.tolist()) == [1, 7]  # no made-up class number among the digits
+    negatives = torch.cat([export.not_digit["train"], export.not_digit["holdout"]])
+    assert len(negatives) == 2 and len(export.not_digit["holdout"]) == nd["holdout"]
+    star = torch.as_tensor(strokes_to_input(STAR))
+    assert any(torch.equal(image, star) for image in negatives)  # re-rendered from the strokes
+
+    with np.load(tmp_path / "e" / "not_digit.npz") as data:
+        arrays = dict(data)
+    arrays["holdout"] = ~arrays["holdout"]
+    np.savez_compressed(tmp_path / "e" / "not_digit.npz", **arrays)
+    with pytest.raises(FeedbackDataError, match="not_digit.npz: missing or altered"):
+        load_export(tmp_path / "e")
+
+
+def test_simulated_visitors_answer_not_a_digit_for_unlabelled_drawings(tmp_path, sqlite_url):  # noqa: F811
+    from digitlib.drawings import Drawing
+
+    class Model:  # predict_strokes' interface: calibrated probabilities and a not-digit output
+        version, rejection_threshold = "stub-1", 0.5
+
+        def predict(self, images):
+            return np.full((len(images), 10), 0.1), np.full(len(images), 0.8)
+
+        def is_not_digit(self, not_digit):
+            return np.asarray(not_digit) >= 0.5
+
+    store = FeedbackStore(sqlite_url, queue_file=tmp_path / "q.jsonl")
+    assert feedback.submit_drawings(store, Model(), [Drawing(STAR, None, "dev"), Drawing(ONE, 1, "dev")]) == 2
+    first, second = store.rows()
+    assert first["not_digit"] and first["rejected"] and first["not_digit_probability"] == pytest.approx(0.8)
+    assert second["true_label"] == 1 and second["rejected"]
+    store.dispose()
+
+
+@pytest.mark.slow
+def test_the_analysis_notebook_reports_not_a_digit_answers(with_negatives, tmp_path):
+    from digitlib import config, experiments
+
+    notebook = config.PROJ_ROOT / "notebooks" / "3.0-dl-analyse-feedback.ipynb"
+    params = {"database_url": with_negatives, "figures_dir": str(tmp_path / "f"), "name": "nd"}
+    run = experiments.run_notebook(notebook, tmp_path / "report.ipynb", params, timeout=300)
+    assert run.status == "ok", run.error
+    summary = json.loads((tmp_path / "f" / "nd" / "analysis.json").read_text())
+    assert summary["not_digit_answers"] == 3 and summary["rejected_by_model"] == 2
+    assert summary["rejection"] == {"n_digits": 2, "digits": 0.5, "n_non_digits": 2, "non_digits": 0.5}
+    assert "visitor said" in run.html.read_text()  # the agreement table is in the report
