@@ -1,7 +1,8 @@
 """Recorded drawings (JSON lines of strokes on the 280x280 canvas) and their evaluation.
 
 Each drawing goes through exactly the dashboard's path (preprocess.strokes_to_input), so the
-figures here are what a visitor of the dashboard gets.
+figures here are what a visitor of the dashboard gets. A drawing's label is a digit 0-9, or
+null for a drawing that is not a digit (the model should answer "not a digit").
 """
 
 from __future__ import annotations
@@ -18,14 +19,21 @@ import torch
 
 from digitlib.dataset import DataError, Digits
 from digitlib.modeling.checkpoint import LoadedModel
-from digitlib.modeling.predict import Evaluation, evaluate
-from digitlib.preprocess import DEFAULT_BRUSH, Brush, DrawingError, strokes_to_input, validate_strokes
+from digitlib.modeling.predict import Evaluation
+from digitlib.preprocess import (
+    DEFAULT_BRUSH,
+    Brush,
+    DrawingError,
+    drawings_to_inputs,
+    strokes_to_input,
+    validate_strokes,
+)
 
 
 @dataclass
 class Drawing:
     strokes: list
-    label: int
+    label: int | None  # None: not a digit
     source: str = "unknown"
     writer: str = ""
 
@@ -60,9 +68,9 @@ def _parse_drawing(line: bytes, where: str) -> Drawing:
         if not isinstance(row, dict):
             raise ValueError(f"a drawing is a JSON object, not {type(row).__name__}")
         label = row["label"]
-        # bool is an int in Python: `true` is not a 1.
-        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
-            raise ValueError(f"label {reprlib.repr(label)} is not a digit 0-9")
+        # bool is an int in Python: `true` is not a 1. null: a drawing that is not a digit.
+        if label is not None and (isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9):
+            raise ValueError(f"label {reprlib.repr(label)} is neither a digit 0-9 nor null (not a digit)")
         validate_strokes(row["strokes"])
         source, writer = str(row.get("source", "unknown"))[:200], str(row.get("writer", ""))[:200]
         return Drawing(row["strokes"], label, source, writer)
@@ -79,9 +87,11 @@ def load_drawings(path: str | Path) -> list[Drawing]:
 
 
 def drawings_to_digits(drawings: list[Drawing], brush: Brush = DEFAULT_BRUSH) -> Digits:
-    """Render drawings as model inputs; a drawing that cannot be rendered is an error naming it."""
+    """Render digit drawings as model inputs; a drawing that cannot be rendered is an error naming it."""
     images = []
     for i, d in enumerate(drawings):
+        if d.label is None:
+            raise DataError(f"drawing {i} ({d.source} {d.writer}) is labelled not a digit; Digits hold digits only")
         try:
             images.append(strokes_to_input(d.strokes, brush))
         except DrawingError as e:
@@ -93,9 +103,12 @@ def drawings_to_digits(drawings: list[Drawing], brush: Brush = DEFAULT_BRUSH) ->
 
 @dataclass
 class DrawingsEvaluation:
-    evaluation: Evaluation
+    evaluation: Evaluation  # the digit drawings
     sources: list[str]
     digits: Digits | None = None  # the rendered inputs; None when streamed from a file (evaluate_drawings_file)
+    rejected: np.ndarray | None = None  # per digit drawing: answered "not a digit"
+    non_digit_rejected: np.ndarray | None = None  # per non-digit drawing: answered "not a digit"
+    non_digit_sources: list[str] | None = None
 
     def per_source(self) -> dict[str, dict]:
         correct = self.evaluation.correct
@@ -103,9 +116,34 @@ class DrawingsEvaluation:
         for source in sorted(set(self.sources)):
             mask = torch.tensor([s == source for s in self.sources])
             out[source] = {"accuracy": correct[mask].float().mean().item(), "n": int(mask.sum())}
+            if self.rejected is not None:
+                out[source]["rejected"] = float(self.rejected[mask.numpy()].mean())
+        return out
+
+    def non_digits_per_source(self) -> dict[str, dict]:
+        """Share of each source's non-digit drawings answered "not a digit"."""
+        rejected, sources = self.non_digit_rejected, self.non_digit_sources or []
+        out = {}
+        for source in sorted(set(sources)):
+            mask = np.array([s == source for s in sources])
+            out[source] = {"rejected": float(rejected[mask].mean()), "n": int(mask.sum())}
         return out
 
     def summary(self) -> dict:
+        """Figures over the digit drawings (accuracy: top digit class; ECE, 15 bins) and the rejection rates.
+
+        A file of only non-digit drawings has accuracy None and `n` counting them.
+        """
+        from digitlib.calibration import ece
+
+        n_non = 0 if self.non_digit_rejected is None else len(self.non_digit_rejected)
+        rejection = {
+            "digits": None if self.rejected is None or not len(self.rejected) else float(self.rejected.mean()),
+            "non_digits": float(self.non_digit_rejected.mean()) if n_non else None,
+        }
+        if not self.evaluation.n:
+            return {"accuracy": None, "n": n_non, "non_digits": n_non, "ece": None, "rejection": rejection,
+                    "non_digit_sources": self.non_digits_per_source()}  # fmt: skip
         ev = self.evaluation.summary()
         return {
             "accuracy": ev["accuracy"],
@@ -114,12 +152,34 @@ class DrawingsEvaluation:
             "per_source": self.per_source(),
             "per_class_accuracy": ev["per_class_accuracy"],
             "mean_confidence": ev["mean_confidence"],
+            "ece": ece(self.evaluation.probabilities.numpy(), self.evaluation.labels.numpy()),
+            "non_digits": n_non,
+            "rejection": rejection,
+            "non_digit_sources": self.non_digits_per_source(),
         }
 
 
+def _predict(model, images: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """(digit probabilities, answered "not a digit") from a LoadedModel or a serving OnnxModel."""
+    probabilities, not_digit = model.predict(images)
+    return torch.as_tensor(np.asarray(probabilities)), model.is_not_digit(np.asarray(not_digit))
+
+
 def evaluate_drawings(model: LoadedModel, drawings: list[Drawing], brush: Brush = DEFAULT_BRUSH) -> DrawingsEvaluation:
-    digits = drawings_to_digits(drawings, brush)
-    return DrawingsEvaluation(evaluate(model, digits), [d.source for d in drawings], digits)
+    """Evaluate drawings held in memory (digits and non-digits, as evaluate_drawings_file does)."""
+    digit_drawings = [d for d in drawings if d.label is not None]
+    others = [d for d in drawings if d.label is None]
+    digits = drawings_to_digits(digit_drawings, brush)
+    probabilities, rejected = _predict(model, digits.images.numpy())
+    non_rejected = _predict(model, drawings_to_inputs([d.strokes for d in others], brush))[1] if others else None
+    return DrawingsEvaluation(
+        Evaluation(probabilities, digits.labels),
+        [d.source for d in digit_drawings],
+        digits,
+        rejected,
+        non_rejected,
+        [d.source for d in others],
+    )
 
 
 def evaluate_drawings_file(
@@ -127,10 +187,11 @@ def evaluate_drawings_file(
 ) -> DrawingsEvaluation:
     """Evaluate on a drawings file of any size: read, rendered and predicted `batch` drawings at a time.
 
-    Only the probabilities are kept (40 bytes a drawing), not the images. A file without a
-    drawing is an error: there is no accuracy to report.
+    Only the probabilities and the rejections are kept (~41 bytes a drawing), not the images.
+    Lines labelled null (not a digit) count towards the rejection figures only. A file without
+    a drawing is an error: there is nothing to report.
     """
-    probabilities, labels, sources = [], [], []
+    probabilities, rejected, labels, sources = [], [], [], []
     pending: list[tuple[int, Drawing]] = []
 
     def predict() -> None:
@@ -140,8 +201,10 @@ def evaluate_drawings_file(
                 images.append(np.asarray(strokes_to_input(d.strokes, brush)))
             except DrawingError as e:
                 raise DataError(f"{path}, line {number}: {e}") from None
-        probabilities.append(model.predict_proba(np.stack(images)))
-        labels.extend(d.label for _, d in pending)
+        p, r = _predict(model, np.stack(images))
+        probabilities.append(p)
+        rejected.append(r)
+        labels.extend(-1 if d.label is None else d.label for _, d in pending)
         sources.extend(d.source for _, d in pending)
         pending.clear()
 
@@ -152,5 +215,17 @@ def evaluate_drawings_file(
     if pending:
         predict()
     if not labels:
-        raise DataError(f"{path}: no drawings in the file, so no accuracy to report")
-    return DrawingsEvaluation(Evaluation(torch.cat(probabilities), torch.tensor(labels)), sources)
+        raise DataError(f"{path}: no drawings in the file, so nothing to report")
+    labels_t, rejected_all = torch.tensor(labels), np.concatenate(rejected)
+    digit_mask = labels_t >= 0
+    is_digit = digit_mask.numpy()
+    digit_sources = [s for s, keep in zip(sources, is_digit, strict=True) if keep]
+    non_sources = [s for s, keep in zip(sources, is_digit, strict=True) if not keep]
+    return DrawingsEvaluation(
+        Evaluation(torch.cat(probabilities)[digit_mask], labels_t[digit_mask]),
+        digit_sources,
+        None,
+        rejected_all[is_digit],
+        rejected_all[~is_digit],
+        non_sources,
+    )

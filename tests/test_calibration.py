@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from digitlib import calibration, config
 from digitlib.modeling.checkpoint import build_for, load_model, save_model
+from digitlib.preprocess import strokes_to_input
 from digitlib.serving import load_onnx_model
+
+PEN = Path(config.DRAWINGS_FILE.get())
+NON_DIGITS = config.SHARED_DATA_DIR / "non-digits" / "dev.jsonl"
 
 CHECK = 200
 CALIBRATION = {"temperature": 0.7, "not_digit": {"scale": 1.5, "bias": -0.4}}
@@ -65,3 +75,114 @@ def test_a_ten_output_model_never_says_not_a_digit(tmp_path):
     probabilities, not_digit = served.predict(images(8))
     assert probabilities.shape == (8, 10) and not not_digit.any()
     assert served.rejection_threshold is None and not served.is_not_digit(np.ones(8)).any()
+
+
+# --- fitting ---------------------------------------------------------------------------------
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy_and_large_when_it_does_not():
+    # 0.8 confident, right 4 times in 5: calibrated.
+    p = np.tile([[0.8, 0.2]], (5, 1))
+    assert calibration.ece(p, [0, 0, 0, 0, 1]) == pytest.approx(0.0)
+    assert calibration.ece(p, [1, 1, 1, 1, 1]) == pytest.approx(0.8)
+    # 15 equal-width bins: 0.5 and 0.9 confidences fall in different bins, each calibrated on its own.
+    q = np.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1]] + [[0.9, 0.1]] * 9)
+    assert calibration.ece(q, [0, 1] + [0] * 9 + [1]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_temperature_scaling_recovers_the_temperature_that_made_the_labels():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, 10, generator=gen) * 4
+    labels = torch.multinomial(torch.softmax(logits / 2.5, 1), 1, generator=gen).flatten()
+    assert calibration.fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.05)
+
+
+def test_platt_scaling_recovers_scale_and_bias():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(20000, generator=gen) * 3
+    positive = torch.rand(20000, generator=gen) < torch.sigmoid(0.5 * scores - 1.0)
+    scale, bias = calibration.fit_platt(scores, positive)
+    assert scale == pytest.approx(0.5, abs=0.05) and bias == pytest.approx(-1.0, abs=0.1)
+
+
+def test_the_operating_point_turns_away_at_most_the_given_share_of_digits():
+    values = np.random.default_rng(0).random(1000)
+    for rate in (0.0, 0.01, 0.2):
+        threshold = calibration.operating_point(values, rate)
+        assert (values >= threshold).mean() <= rate
+        assert (values >= np.nextafter(threshold, -1) - 1e-3).mean() > rate or rate == 0.0
+
+
+# --- the eval-drawings contract, as an outside check runs it ---------------------------------
+
+
+def _eval_drawings(path, model):
+    done = subprocess.run(
+        [sys.executable, "-m", "digitlib", "eval-drawings", str(path), "--json", "--model", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done, (json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None)
+
+
+def test_eval_drawings_reports_accuracy_ece_and_rejection_over_digits_and_non_digits(eleven, tmp_path):
+    digit_lines = PEN.read_text().splitlines()[:60]
+    other_lines = NON_DIGITS.read_text().splitlines()[:40]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(digit_lines[:30] + other_lines + digit_lines[30:]) + "\n")
+    done, result = _eval_drawings(mixed, eleven)
+    assert done.returncode == 0, done.stderr
+    # The same figures, computed here from the served model.
+    served = load_onnx_model(eleven)
+    digits = [json.loads(line) for line in digit_lines]
+    probabilities, not_digit = served.predict(np.stack([strokes_to_input(d["strokes"]) for d in digits]))
+    labels = np.array([d["label"] for d in digits])
+    others = np.stack([strokes_to_input(json.loads(line)["strokes"]) for line in other_lines])
+    assert result["n"] == 60 and result["non_digits"] == 40
+    assert result["accuracy"] == pytest.approx((probabilities.argmax(1) == labels).mean(), abs=1e-6)
+    assert result["ece"] == pytest.approx(calibration.ece(probabilities, labels), abs=1e-4)
+    assert result["rejection"]["digits"] == pytest.approx(served.is_not_digit(not_digit).mean())
+    assert result["rejection"]["non_digits"] == pytest.approx(served.is_not_digit(served.predict(others)[1]).mean())
+
+
+def test_eval_drawings_of_only_non_digits_has_no_accuracy_and_counts_them(eleven, tmp_path):
+    only = tmp_path / "only.jsonl"
+    only.write_text("\n".join(NON_DIGITS.read_text().splitlines()[:25]) + "\n")
+    done, result = _eval_drawings(only, eleven)
+    assert done.returncode == 0, done.stderr
+    assert result["accuracy"] is None and result["n"] == 25 and result["ece"] is None
+    assert result["rejection"]["digits"] is None and 0 <= result["rejection"]["non_digits"] <= 1
+
+
+def test_a_label_that_is_neither_a_digit_nor_null_is_still_one_error_line(eleven, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(NON_DIGITS.read_text().splitlines()[0].replace('"label": null', '"label": "star"') + "\n")
+    done, _ = _eval_drawings(bad, eleven)
+    assert done.returncode == 2
+    assert "line 1" in done.stderr and "neither a digit 0-9 nor null" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- training with negatives -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_training_with_negatives_gives_an_eleven_output_model_calibrated_on_validation_data(tmp_path):
+    from digitlib.dataset import load_mnist, train_val_split
+    from digitlib.modeling.train import recipe, save_training, train
+
+    train_digits, val_digits = train_val_split(load_mnist("train"), 500, seed=0)
+    cfg = recipe("default", arch="seed", epochs=1, train_subset=1000, augment="none", negatives=0.3, threads=1)
+    result = train(cfg, train_digits, val_digits, progress=False)
+    assert result.extra["outputs"] == 11
+    assert result.extra["calibration"]["temperature"] > 0
+    rejection = result.extra["rejection"]
+    assert 0 < rejection["threshold"] < 1 and rejection["validation"]["pen_augmented_digits"] <= 0.01
+    record = result.history[-1]
+    assert {"train_loss", "train_clean_loss", "val_loss"} <= set(record)  # like with like: clean vs validation
+    directory = save_training(result, tmp_path / "m")
+    served, torch_model = load_onnx_model(directory), load_model(directory)
+    assert served.rejection_threshold == rejection["threshold"]
+    x = val_digits.images[:50].numpy()
+    assert np.abs(served.predict(x)[1] - torch_model.predict(x)[1].numpy()).max() <= 1e-4

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from digitlib import augment, config
 from digitlib.dataset import MNIST_MEAN, MNIST_STD, Digits
-from digitlib.modeling.checkpoint import LoadedModel, load_model, save_model
-from digitlib.modeling.models import DEFAULT_ARCH, build_model
+from digitlib.modeling.checkpoint import DIGITS, NOT_DIGIT, LoadedModel, build_for, load_model, save_model
+from digitlib.modeling.models import DEFAULT_ARCH
 
 
 def _help(text: str, **kw):
@@ -54,6 +54,10 @@ class TrainConfig:
     init_from: str | None = _help("start from this model directory's weights (fine-tuning)", default=None)
     compile: bool = _help("torch.compile the model (worth it on a GPU for long runs)", default=False)
     precision: str = _help("auto (bf16 on Ampere+ GPUs and CPUs with bf16 instructions), bf16 or fp32", default="auto")
+    negatives: float = _help(
+        "generated non-digit drawings (an 11th class, 'not a digit') as a share of the training images; 0: digits only",
+        default=0.2,
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,12 +69,19 @@ class TrainConfig:
 # `sprint` is one epoch to 99% and `fast-gpu` six to 99.5% (epochs measured on CPU).
 RECIPES = {
     "default": TrainConfig(),
-    "fast": TrainConfig(epochs=6, augment="light", label_smoothing=0.0),
+    "fast": TrainConfig(epochs=6, augment="light", label_smoothing=0.0, negatives=0.0),
     # Label smoothing 0.1 lifts one epoch from 99.00-99.16% to 99.16-99.25% (4-5 seeds): a margin over 99%.
-    "sprint": TrainConfig(epochs=1, batch_size=512, lr=1e-2, augment="none"),
-    "fast-gpu": TrainConfig(epochs=6, batch_size=512, lr=1e-2, augment="light", label_smoothing=0.0),
+    "sprint": TrainConfig(epochs=1, batch_size=512, lr=1e-2, augment="none", negatives=0.0),
+    "fast-gpu": TrainConfig(epochs=6, batch_size=512, lr=1e-2, augment="light", label_smoothing=0.0, negatives=0.0),
     "seed": TrainConfig(
-        arch="seed", epochs=5, lr=1e-3, optimizer="adam", schedule="constant", weight_decay=0.0, augment="none"
+        arch="seed",
+        epochs=5,
+        lr=1e-3,
+        optimizer="adam",
+        schedule="constant",
+        weight_decay=0.0,
+        augment="none",
+        negatives=0.0,
     ),
 }
 
@@ -104,7 +115,7 @@ class TrainResult:
     def as_loaded(self) -> LoadedModel:
         """The trained model ready for prediction (evaluation mode, same normalisation)."""
         self.model.eval()
-        return LoadedModel(self.model, {"normalisation": {"mean": MNIST_MEAN, "std": MNIST_STD}})
+        return LoadedModel(self.model, {"normalisation": {"mean": MNIST_MEAN, "std": MNIST_STD}, **self.extra})
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -227,11 +238,74 @@ def evaluate_loss_accuracy(model: nn.Module, digits: Digits, batch_size: int = 2
     return loss_sum / n, correct / n
 
 
-def _initial_model(cfg: TrainConfig) -> nn.Module:
-    """Fresh weights, or a saved model's when fine-tuning (`init_from`, same architecture)."""
+def _initial_model(cfg: TrainConfig, outputs: int) -> nn.Module:
+    """Fresh weights, or a saved model's when fine-tuning (`init_from`, same architecture).
+
+    A 10-output model fine-tuned with negatives keeps its digit weights and gains an 11th
+    output, started so that it says "not a digit" rarely (bias -4).
+    """
     if cfg.init_from is None:
-        return build_model(cfg.arch)
-    return load_model(cfg.init_from, expect_arch=cfg.arch).model
+        return build_for(cfg.arch, {}, outputs)
+    model = load_model(cfg.init_from, expect_arch=cfg.arch).model
+    last = model[-1]
+    if last.out_features == outputs:
+        return model
+    if last.out_features != DIGITS or outputs != DIGITS + 1:
+        raise ValueError(f"cannot fine-tune a {last.out_features}-output model into a {outputs}-output one")
+    wider = nn.Linear(last.in_features, outputs)
+    with torch.no_grad():
+        wider.weight[:DIGITS] = last.weight
+        wider.bias[:DIGITS] = last.bias
+        wider.weight[DIGITS].normal_(0, 0.01)
+        wider.bias[DIGITS] = -4.0
+    model[-1] = wider
+    return model
+
+
+NEGATIVE_SEED = 1_000  # generated negatives: training ones from seed + this, held-out ones from seed + 2x this
+VAL_NEGATIVES = 3_000
+CLEAN_TRAIN_LOSS_IMAGES = 5_000  # training images whose loss is also measured as the validation loss is
+
+
+def with_negatives(digits: Digits, share: float, seed: int) -> Digits:
+    """`digits` plus share * len(digits) generated non-digit drawings labelled NOT_DIGIT (10)."""
+    from digitlib.negatives import negative_images
+
+    n = round(share * len(digits))
+    if n <= 0:
+        return digits
+    images = torch.from_numpy(negative_images(n, seed + NEGATIVE_SEED, part="train")).to(digits.images.device)
+    labels = torch.full((n,), NOT_DIGIT, dtype=digits.labels.dtype, device=digits.labels.device)
+    return Digits(torch.cat([digits.images, images]), torch.cat([digits.labels, labels]))
+
+
+@torch.inference_mode()
+def _logits(model: nn.Module, images: torch.Tensor, aug: augment.Augmentation, generator=None, labels=None):
+    model.eval()
+    out = []
+    for i in range(0, len(images), 2000):
+        y = None if labels is None else labels[i : i + 2000]
+        out.append(model(_to_model_input(images[i : i + 2000], aug, generator, y)).float().cpu())
+    return torch.cat(out)
+
+
+def calibrate(model: nn.Module, cfg: TrainConfig, val_digits: Digits) -> dict:
+    """Fit the calibration and the not-digit operating point on validation data (digitlib.calibration)."""
+    from digitlib import calibration
+    from digitlib.negatives import negative_images
+
+    device = next(model.parameters()).device
+    logits = _logits(model, val_digits.images, augment.PRESETS["none"])
+    negatives = hard = None
+    if cfg.negatives > 0:
+        n = min(VAL_NEGATIVES, len(val_digits))
+        held_out = negative_images(n, cfg.seed + 2 * NEGATIVE_SEED, part="validation")
+        negatives = _logits(model, torch.from_numpy(held_out).to(device), augment.PRESETS["none"])
+        # The same validation digits drawn as the pen augmentation draws them: the operating point's set.
+        generator = torch.Generator(device=device).manual_seed(cfg.seed + 3 * NEGATIVE_SEED)
+        pen = augment.get_augmentation("pen")
+        hard = _logits(model, val_digits.images, pen, generator, val_digits.labels)
+    return calibration.fit(logits, val_digits.labels.cpu(), negatives, hard)
 
 
 EpochCallback = Callable[[dict, nn.Module], None]
@@ -266,10 +340,14 @@ def train(
     aug = augment.get_augmentation(cfg.augment)
     train_digits = train_digits.head(cfg.train_subset)
     train_digits = Digits(train_digits.images.to(device), train_digits.labels.to(device))
+    # The same digits, measured each epoch as the validation set is (no augmentation, no smoothing).
+    clean_train = train_digits.head(CLEAN_TRAIN_LOSS_IMAGES)
+    outputs = DIGITS + 1 if cfg.negatives > 0 else DIGITS
+    train_digits = with_negatives(train_digits, cfg.negatives, cfg.seed)
     if val_digits is not None:
         val_digits = Digits(val_digits.images.to(device), val_digits.labels.to(device))
 
-    model = _initial_model(cfg).to(device).to(memory_format=torch.channels_last)
+    model = _initial_model(cfg, outputs).to(device).to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg, model)
     per_rank = len(train_digits) // world
     steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
@@ -326,6 +404,7 @@ def train(
             "images_per_second": seen / seconds,
         }
         val_start = time.perf_counter()
+        record["train_clean_loss"], record["train_clean_accuracy"] = evaluate_loss_accuracy(model, clean_train)
         if val_digits is not None and len(val_digits):
             record["val_loss"], record["val_accuracy"] = evaluate_loss_accuracy(model, val_digits)
         history.append(record)
@@ -338,14 +417,21 @@ def train(
             stopped = True
             break
     model.eval()
+    extra = {"outputs": outputs}
+    if val_digits is not None and len(val_digits) and rank == 0:
+        extra.update(calibrate(model, cfg, val_digits))
     precision = "bf16" if bf16 else "fp32"
     hardware = hardware_name(device)
-    return TrainResult(model.cpu(), cfg, history, str(device), train_seconds, images_seen, stopped, precision, hardware)
+    return TrainResult(
+        model.cpu(), cfg, history, str(device), train_seconds, images_seen, stopped, precision, hardware, extra
+    )
 
 
 def epoch_line(record: dict, epochs: int, val_seconds: float = 0.0) -> str:
     """One epoch as text: losses, accuracies, learning rate at its end, and where the time went."""
     train_part = f"train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.2%}"
+    if "train_clean_loss" in record:  # the same measure as the validation loss
+        train_part += f" (unaugmented {record['train_clean_loss']:.4f})"
     parts = [f"epoch {record['epoch']}/{epochs}: {train_part}"]
     if "val_accuracy" in record:
         parts.append(f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2%}")
@@ -369,6 +455,7 @@ def save_training(result: TrainResult, directory: str | Path, extra_metadata: di
         "images_per_second": round(result.images_per_second, 1),
         "stopped_early": result.stopped_early,
         "torch_version": torch.__version__,
+        **result.extra,  # outputs, calibration, rejection
         **(extra_metadata or {}),
     }
     return save_model(result.model, directory, meta)
