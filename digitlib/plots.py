@@ -74,11 +74,16 @@ def training_curves(history: list[dict]) -> Figure:
     """Loss and accuracy per epoch, training and validation side by side."""
     frame = pd.DataFrame(history)
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    # train: the augmented, label-smoothed batches as trained; train_clean: training digits measured
+    # as validation is (no augmentation, no smoothing), the one to compare with validation.
+    names = {"train": "train", "train_clean": "train (measured as validation)", "val": "validation"}
+    if "train_clean_loss" in frame:
+        names["train"] = "train (augmented, smoothed)"
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
-        for split in ("train", "val"):
+        for split, label in names.items():
             column = f"{split}_{metric}"
             if column in frame:
-                ax.plot(frame["epoch"], frame[column], marker="o", label="validation" if split == "val" else split)
+                ax.plot(frame["epoch"], frame[column], marker="o", label=label)
         ax.set(xlabel="epoch", ylabel=metric, title=f"{metric.capitalize()} per epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
@@ -317,5 +322,21 @@ def comparison_figure(table: pd.DataFrame, title: str = "Candidate and current m
     ax.set_xticks(np.arange(len(table)) + width * (len(models) - 1) / 2, [f"{s}\nn={n}" for s, n in table["n"].items()])
     ax.set(ylim=(0, 1.15), ylabel="accuracy", title=title)
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def not_digit_histogram(groups: dict[str, np.ndarray], threshold: float | None, title: str = "Not a digit") -> Figure:
+    """Distribution of the calibrated not-digit probability per group of drawings, with the operating point."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    bins = np.linspace(0, 1, 41)
+    for name, values in groups.items():
+        values = np.asarray(values, dtype=float)
+        share = (values >= threshold).mean() if threshold is not None and len(values) else 0.0
+        ax.hist(values, bins=bins, alpha=0.55, density=True, label=f"{name} (n={len(values):,}; {share:.1%} rejected)")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", label=f"operating point {threshold:.3f}")
+    ax.set(yscale="log", xlabel='calibrated probability of "not a digit"', ylabel="density", title=title)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
