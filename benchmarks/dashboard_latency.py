@@ -56,14 +56,17 @@ def percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def stroke_latencies(model, drawings) -> list[float]:
+def stroke_latencies(model, drawings) -> tuple[list[float], list[float]]:
+    """Wall and CPU milliseconds per drawing. CPU time (this thread: one-thread inference runs on
+    it) is what a prediction costs; wall time adds waiting for a core on a busy machine."""
     predict_strokes(model, drawings[0].strokes)  # warm-up: first call allocates
-    times = []
+    wall, cpu = [], []
     for d in drawings:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         predict_strokes(model, d.strokes)
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+        wall.append((time.perf_counter() - start) * 1000)
+        cpu.append((time.thread_time() - start_cpu) * 1000)
+    return wall, cpu
 
 
 def python_latency(model_dir: str | None, limit: int, compare_limit: int | None = None) -> dict:
@@ -72,8 +75,8 @@ def python_latency(model_dir: str | None, limit: int, compare_limit: int | None 
     directory = Path(model_dir) if model_dir else resolve_model_dir()
     served, torch_model = load_onnx_model(directory), load_model(directory)
     drawings = load_drawings(config.DRAWINGS_FILE.get())
-    onnx_times = stroke_latencies(served, drawings[:limit])
-    torch_times = stroke_latencies(torch_model, drawings[:limit])
+    onnx_times, onnx_cpu = stroke_latencies(served, drawings[:limit])
+    torch_times, torch_cpu = stroke_latencies(torch_model, drawings[:limit])
     # Accuracy unchanged: the same classes from both on every MNIST test image and pen drawing.
     from digitlib.dataset import load_mnist
 
@@ -98,8 +101,11 @@ def python_latency(model_dir: str | None, limit: int, compare_limit: int | None 
         "served": "model.onnx, ONNX Runtime",
         "p50_ms": round(percentile(onnx_times, 50), 2),
         "p99_ms": round(percentile(onnx_times, 99), 2),
+        "cpu_p50_ms": round(percentile(onnx_cpu, 50), 2),
+        "cpu_p99_ms": round(percentile(onnx_cpu, 99), 2),
         "torch_p50_ms": round(percentile(torch_times, 50), 2),
         "torch_p99_ms": round(percentile(torch_times, 99), 2),
+        "torch_cpu_p99_ms": round(percentile(torch_cpu, 99), 2),
         **{f"same_class_{name}": f"{v['same_class']}/{v['n']}" for name, v in same.items()},
         "max_probability_difference": max(v["max_probability_difference"] for v in same.values()),
     }
