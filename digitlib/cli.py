@@ -93,7 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     model = load_model(args.model)
     digits = load_mnist(args.split, args.mnist_dir)
     summary = evaluate(model, digits).summary()
-    keep = ("accuracy", "n", "errors", "per_class_accuracy", "mean_confidence", "nll")
+    keep = ("accuracy", "n", "errors", "per_class_accuracy", "mean_confidence", "nll", "ece")
     return {"model": str(model.path), "version": model.version, "split": args.split, **{k: summary[k] for k in keep}}
 
 

@@ -116,8 +116,6 @@ class DrawingsEvaluation:
         for source in sorted(set(self.sources)):
             mask = torch.tensor([s == source for s in self.sources])
             out[source] = {"accuracy": correct[mask].float().mean().item(), "n": int(mask.sum())}
-            if self.rejected is not None:
-                out[source]["rejected"] = float(self.rejected[mask.numpy()].mean())
         return out
 
     def non_digits_per_source(self) -> dict[str, dict]:
@@ -160,7 +158,12 @@ class DrawingsEvaluation:
 
 
 def _predict(model, images: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    """(digit probabilities, answered "not a digit") from a LoadedModel or a serving OnnxModel."""
+    """(digit probabilities, answered "not a digit") from a LoadedModel or a serving OnnxModel.
+
+    Anything with only predict_proba (a stand-in) never answers "not a digit".
+    """
+    if not hasattr(model, "predict"):
+        return torch.as_tensor(np.asarray(model.predict_proba(images))), np.zeros(len(images), bool)
     probabilities, not_digit = model.predict(images)
     return torch.as_tensor(np.asarray(probabilities)), model.is_not_digit(np.asarray(not_digit))
 

@@ -1,4 +1,4 @@
-"""Evaluation: accuracy, per-class accuracy, confusion matrix, errors and confidence."""
+"""Evaluation: accuracy, per-class accuracy, confusion matrix, errors and (calibrated) confidence."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from digitlib.calibration import ece
 from digitlib.dataset import Digits
 from digitlib.modeling.checkpoint import LoadedModel
 
@@ -77,6 +78,7 @@ class Evaluation:
             "mean_confidence_correct": conf[correct].mean().item() if correct.any() else None,
             "mean_confidence_wrong": conf[~correct].mean().item() if (~correct).any() else None,
             "nll": nll.mean().item() if self.n else None,
+            "ece": ece(self.probabilities.numpy(), self.labels.numpy()) if self.n else None,  # 15 bins
             "misclassified": self.misclassified().tolist(),
         }
 
