@@ -62,14 +62,14 @@ STYLE = f"""<style>
   font-size: 96px; line-height: 100px; height: 100px; font-weight: 700; min-width: 90px; }}
 .digit-dashboard .digit-rejected {{ display: block; font-size: 40px; line-height: 48px; white-space: nowrap; }}
 .digit-dashboard .digit-best-guess {{ display: block; font-size: 13px; line-height: 17px; font-weight: 400;
-  white-space: normal; max-width: 260px; color: #555; }}
+  white-space: normal; max-width: 320px; color: #555; }}
 .digit-dashboard .digit-status .widget-html-content {{ font-size: 16px; }}
 .digit-dashboard .digit-preview {{ image-rendering: pixelated; border: 1px solid #888; }}
 .digit-dashboard canvas.digit-canvas {{ touch-action: none; cursor: crosshair; border: 1px solid #444;
   width: {CANVAS_SIZE}px; height: {CANVAS_SIZE}px; flex: none; }}
 /* Rows wrap instead of squeezing: on a phone the panel goes under the canvas, buttons keep their labels. */
 .digit-dashboard .digit-row {{ flex-wrap: wrap; gap: 8px 24px; align-items: flex-start; }}
-.digit-dashboard .digit-answers {{ flex-wrap: wrap; gap: 4px; align-items: center; }}
+.digit-dashboard .digit-answers, .digit-dashboard .digit-buttons {{ flex-wrap: wrap; gap: 4px; align-items: center; }}
 .digit-dashboard .digit-drawing {{ flex: none; min-width: {CANVAS_SIZE + 2}px; }}
 .digit-dashboard .digit-answers .jupyter-button, .digit-dashboard .digit-buttons .jupyter-button {{
   min-width: {TOUCH_PX}px; height: {TOUCH_PX}px; flex: none; margin: 0; padding: 0 10px;
