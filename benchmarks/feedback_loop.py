@@ -3,8 +3,9 @@
 Visitors are simulated with the drawings of the feedback sites (each goes through the
 dashboard's predict path and is stored with its true label in a temporary SQLite store); the
 feedback is exported, the base model fine-tuned on MNIST plus the oversampled feedback, and
-base and candidate compared on the MNIST test set, the feedback held-out split and the sites
-whose drawings were never seen. Works in a temporary registry: models/ is left as it is.
+base and candidate compared on the MNIST test set, the feedback held-out split, MNIST's
+validation split and the sites whose drawings were never seen (the gate's trusted data: here the
+pen-digit dev set less the feedback sites). Works in a temporary registry: models/ is left as it is.
 
     .venv/bin/python benchmarks/feedback_loop.py [--base models/default] [--per-site 600] [--json]
 """
@@ -68,20 +69,21 @@ def main() -> None:
     fill_seconds = fill_store(url, base, visitors, work / "queue.jsonl")
     manifest = feedback.export_training_set(work / "export", url)
     export = feedback.load_export(work / "export")
-    mnist_train, _ = train_val_split(load_mnist("train"), 5000, seed=0)
+    mnist_train, mnist_validation = train_val_split(load_mnist("train"), 5000, seed=0)
     mix = feedback.training_mix(mnist_train, export.train, args.mnist_subset, args.oversample)
     cfg = feedback.fine_tune_config(base, epochs=args.epochs, lr=args.lr)
     result = train(cfg, mix, None, progress=False)
     candidate = load_model(save_training(result, models / "candidate"))
 
-    sets = {"mnist_test": load_mnist("test"), "feedback_holdout": export.holdout}
+    sets = {"mnist_test": load_mnist("test"), "feedback_holdout": export.holdout, "mnist_validation": mnist_validation}
     for site in sorted({d.source for d in unseen}):
         sets[f"unseen {site}"] = drawings_to_digits([d for d in unseen if d.source == site])
     sets["unseen sites (all)"] = drawings_to_digits(unseen)
     table = feedback.compare_models({"before": base, "after": candidate}, sets)
+    gate = {"drawings": "unseen sites (all)", **{n: n for n in ("mnist_test", "feedback_holdout", "mnist_validation")}}
     decision = registry.decide(
-        {"mnist_test": table.loc["mnist_test", "after"], "feedback_holdout": table.loc["feedback_holdout", "after"]},
-        {"mnist_test": table.loc["mnist_test", "before"], "feedback_holdout": table.loc["feedback_holdout", "before"]},
+        {key: table.loc[row, "after"] for key, row in gate.items()},
+        {key: table.loc[row, "before"] for key, row in gate.items()},
     )
 
     print(f"base {base.version}; feedback: {len(visitors)} drawings from {sorted(sites)} "

@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -237,6 +237,11 @@ def list_versions(models_dir: str | Path | None = None) -> list[dict]:
 # --- the promotion rule -------------------------------------------------------------------------
 
 
+# Trusted data the feedback cannot touch: a candidate may not lose on these beyond the tolerance,
+# whatever it gained on the feedback held-out split (which carries the feedback's wrong labels).
+TRUSTED_SETS = {"mnist_validation": "MNIST validation split", "drawings": "pen-digit dev set"}
+
+
 @dataclass(frozen=True)
 class Decision:
     promote: bool
@@ -244,6 +249,7 @@ class Decision:
     feedback_gain: float
     mnist_change: float
     tolerance: float
+    trusted_changes: dict = field(default_factory=dict)  # set name -> candidate minus current
 
     def to_dict(self) -> dict:
         return {
@@ -252,14 +258,17 @@ class Decision:
             "feedback_gain": self.feedback_gain,
             "mnist_change": self.mnist_change,
             "tolerance": self.tolerance,
+            "trusted_changes": dict(self.trusted_changes),
         }
 
 
 def decide(candidate: dict, current: dict, tolerance: float = 0.002) -> Decision:
-    """Promote only if better on the feedback held-out and not worse on MNIST test beyond `tolerance`.
+    """Promote only if better on the feedback held-out and not worse beyond `tolerance` on MNIST
+    test nor on any trusted set (TRUSTED_SETS: MNIST validation, the pen-digit dev set).
 
-    `candidate` and `current` hold accuracies under "feedback_holdout" and "mnist_test", measured
-    on the same data.
+    `candidate` and `current` hold accuracies under "feedback_holdout", "mnist_test" and the
+    TRUSTED_SETS names, measured on the same data. Without figures on a trusted set the answer is
+    a refusal that names it: a gain on feedback alone proves nothing when the feedback may lie.
     """
     for who, figures in (("candidate", candidate), ("current", current)):
         missing = {"feedback_holdout", "mnist_test"} - set(figures)
@@ -267,12 +276,24 @@ def decide(candidate: dict, current: dict, tolerance: float = 0.002) -> Decision
             raise ValueError(f"{who} figures lack {sorted(missing)}")
     gain = candidate["feedback_holdout"] - current["feedback_holdout"]
     change = candidate["mnist_test"] - current["mnist_test"]
-    figures = f"feedback held-out {gain:+.2%}, MNIST test {change:+.2%} (tolerance {tolerance:.2%})"
+    trusted = {n: candidate[n] - current[n] for n in TRUSTED_SETS if n in candidate and n in current}
+    shown = "".join(f", {TRUSTED_SETS[n]} {c:+.2%}" for n, c in trusted.items())
+    figures = f"feedback held-out {gain:+.2%}, MNIST test {change:+.2%}{shown} (tolerance {tolerance:.2%})"
+
+    def refused(why: str) -> Decision:
+        return Decision(False, f"refused: {why}; {figures}", gain, change, tolerance, trusted)
+
+    absent = [TRUSTED_SETS[n] for n in TRUSTED_SETS if n not in trusted]
+    if absent:
+        return refused(f"no figures on trusted data ({', '.join(absent)})")
     if gain <= 0:
-        return Decision(False, f"refused: not better on feedback; {figures}", gain, change, tolerance)
+        return refused("not better on feedback")
     if change < -tolerance:
-        return Decision(False, f"refused: worse on MNIST beyond the tolerance; {figures}", gain, change, tolerance)
-    return Decision(True, f"promoted: {figures}", gain, change, tolerance)
+        return refused("worse on MNIST beyond the tolerance")
+    worse = [TRUSTED_SETS[n] for n, c in trusted.items() if c < -tolerance]
+    if worse:
+        return refused(f"worse on trusted data beyond the tolerance ({', '.join(worse)})")
+    return Decision(True, f"promoted: {figures}", gain, change, tolerance, trusted)
 
 
 # --- moving the pointer -----------------------------------------------------------------------
@@ -311,6 +332,13 @@ def _check_comparison(name: str, record: dict, current: str) -> None:
         )
     if not decision.get("promote"):
         raise RegistryError(f"{name!r} did not pass the promotion rule: {decision.get('reason')}; --force overrides")
+    trusted = decision.get("trusted_changes") or {}
+    if not set(TRUSTED_SETS) <= set(trusted):
+        lacking = ", ".join(TRUSTED_SETS[n] for n in TRUSTED_SETS if n not in trusted)
+        raise RegistryError(
+            f"{name!r} was compared without figures on trusted data ({lacking}): a comparison recorded before "
+            "the trusted-data gate, or one that skipped it, cannot promote; compare again, or use --force"
+        )
 
 
 def _check_unchanged_since_registered(name: str, record: dict, directory: Path) -> None:

@@ -39,8 +39,14 @@ def make_version(models_dir, name, seed=0):
     return models_dir / name
 
 
+TRUSTED = {"mnist_validation": 0.985, "drawings": 0.90}  # the same for both: nothing lost on trusted data
+
+
 def passing_comparison(against="default"):
-    decision = decide({"feedback_holdout": 0.9, "mnist_test": 0.98}, {"feedback_holdout": 0.8, "mnist_test": 0.98})
+    decision = decide(
+        {"feedback_holdout": 0.9, "mnist_test": 0.98, **TRUSTED},
+        {"feedback_holdout": 0.8, "mnist_test": 0.98, **TRUSTED},
+    )
     return {"against": against, "decision": decision.to_dict()}
 
 
@@ -66,14 +72,34 @@ def models(tmp_path, monkeypatch):
         ({"feedback_holdout": 0.90, "mnist_test": 0.985}, False),  # MNIST lost beyond tolerance
         ({"feedback_holdout": 0.80, "mnist_test": 0.995}, False),  # not better on feedback
         ({"feedback_holdout": 0.79, "mnist_test": 0.995}, False),  # worse on feedback
+        ({"feedback_holdout": 0.99, "mnist_test": 0.990, "mnist_validation": 0.984}, True),  # within tolerance
+        ({"feedback_holdout": 0.99, "mnist_test": 0.990, "mnist_validation": 0.980}, False),  # trusted MNIST lost
+        ({"feedback_holdout": 0.99, "mnist_test": 0.990, "drawings": 0.85}, False),  # pen digits lost
     ],
 )
 def test_promotion_rule(candidate, expected):
-    current = {"feedback_holdout": 0.80, "mnist_test": 0.990}
-    decision = decide(candidate, current, tolerance=0.002)
+    current = {"feedback_holdout": 0.80, "mnist_test": 0.990, **TRUSTED}
+    decision = decide({**TRUSTED, **candidate}, current, tolerance=0.002)
     assert decision.promote is expected
     assert decision.reason.startswith("promoted" if expected else "refused")
     assert decision.feedback_gain == pytest.approx(candidate["feedback_holdout"] - 0.80)
+    assert set(decision.to_dict()["trusted_changes"]) == {"mnist_validation", "drawings"}
+    # the reason shows every figure the rule looked at
+    assert all(w in decision.reason for w in ("feedback held-out", "MNIST test", "MNIST validation", "pen-digit"))
+
+
+def test_a_big_feedback_gain_does_not_buy_a_loss_on_trusted_data():
+    current = {"feedback_holdout": 0.50, "mnist_test": 0.99, **TRUSTED}
+    poisoned = {"feedback_holdout": 1.00, "mnist_test": 0.99, "mnist_validation": 0.985, "drawings": 0.80}
+    decision = decide(poisoned, current)
+    assert not decision.promote and "worse on trusted data beyond the tolerance (pen-digit dev set)" in decision.reason
+    assert decision.trusted_changes["drawings"] == pytest.approx(-0.10)
+
+
+def test_without_trusted_figures_the_rule_refuses_and_names_them():
+    decision = decide({"feedback_holdout": 0.9, "mnist_test": 0.99}, {"feedback_holdout": 0.8, "mnist_test": 0.99})
+    assert not decision.promote
+    assert "no figures on trusted data (MNIST validation split, pen-digit dev set)" in decision.reason
 
 
 def test_promotion_rule_needs_both_figures():
@@ -134,14 +160,31 @@ def test_rollback_goes_back_one_promotion(models):
     [
         (None, "no recorded comparison"),
         (passing_comparison(against="someone-else"), "was compared with 'someone-else'"),
-        ({"against": "default", "decision": decide({"feedback_holdout": 0.1, "mnist_test": 1}, {"feedback_holdout": 0.2,
-          "mnist_test": 1}).to_dict()}, "did not pass the promotion rule"),
+        ({"against": "default", "decision": decide({"feedback_holdout": 0.1, "mnist_test": 1, **TRUSTED},
+          {"feedback_holdout": 0.2, "mnist_test": 1, **TRUSTED}).to_dict()}, "did not pass the promotion rule"),
     ],
 )  # fmt: skip
 def test_promote_refuses_a_candidate_the_rule_did_not_pass(models, comparison, message):
     registry.register("cand", parent="default", metrics={}, comparison=comparison)
     with pytest.raises(RegistryError, match=message):
         registry.promote("cand", models)
+    assert registry.read_pointer(models).current == "default"
+    assert registry.promote("cand", models, force=True).current == "cand"
+
+
+def test_promote_refuses_a_comparison_recorded_before_the_trusted_gate(models, capsys):
+    old = {
+        "promote": True,
+        "reason": "promoted: feedback held-out +10.00%",
+        "feedback_gain": 0.1,
+        "mnist_change": 0.0,
+        "tolerance": 0.002,
+    }  # a record written before trusted_changes existed
+    registry.register("cand", parent="default", metrics={}, comparison={"against": "default", "decision": old})
+    with pytest.raises(RegistryError, match="without figures on trusted data .MNIST validation split, pen-digit"):
+        registry.promote("cand", models)
+    assert cli.main(["promote", "cand", "--models-dir", str(models)]) == 2
+    assert "recorded before the trusted-data gate" in capsys.readouterr().err
     assert registry.read_pointer(models).current == "default"
     assert registry.promote("cand", models, force=True).current == "cand"
 
