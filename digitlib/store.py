@@ -41,10 +41,12 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    case,
     create_engine,
     event,
     func,
     insert,
+    or_,
     select,
     text,
 )
@@ -67,6 +69,8 @@ LOCK_TIMEOUT_S = 3
 STATEMENT_TIMEOUT_S = 10
 # The answer "this is not a digit": stored as not_digit=True with true_label NULL, never as a class number.
 NOT_A_DIGIT = "not a digit"
+# Where a label came from (revision 0004): drawn to a prompt, or the visitor's verdict on the model's answer.
+LABEL_SOURCES = ("prompt", "confirmed", "corrected")
 
 metadata = MetaData()
 prediction_logs = Table(
@@ -92,6 +96,9 @@ prediction_logs = Table(
         "(not_digit AND true_label IS NULL) OR (NOT not_digit AND true_label IS NOT NULL)",
         name="ck_prediction_logs_answer",
     ),
+    # Revision 0004: "prompt", "confirmed" (the model was right) or "corrected" (see LABEL_SOURCES).
+    Column("label_source", String(16), nullable=False),
+    CheckConstraint("label_source IN ('prompt', 'confirmed', 'corrected')", name="ck_prediction_logs_label_source"),
 )
 
 
@@ -115,6 +122,19 @@ def _answer(value) -> tuple[int | None, bool]:
     if isinstance(value, str) and value == NOT_A_DIGIT:
         return None, True
     return _digit(value, "label"), False
+
+
+def _label_source(value, label: int | None, not_digit: bool, predicted: int, rejected: bool) -> str:
+    """The label's source: "prompt" when given, else whether the answer agrees with the model's."""
+    agrees = (not_digit and rejected) or (not not_digit and not rejected and label == predicted)
+    derived = "confirmed" if agrees else "corrected"
+    if value is None:
+        return derived
+    if value not in LABEL_SOURCES:
+        raise FeedbackError(f"label_source must be one of {', '.join(LABEL_SOURCES)}, got {value!r}")
+    if value != "prompt" and value != derived:
+        raise FeedbackError(f"label_source {value!r} contradicts the answer and the prediction ({derived})")
+    return value
 
 
 def _flag(value, name: str) -> bool:
@@ -183,6 +203,7 @@ class Feedback:
     not_digit: bool = False  # the visitor's answer: "not a digit"
     rejected: bool = False  # the model answered "not a digit" (what the visitor was shown)
     not_digit_probability: float | None = None  # the model's not-digit probability; None: the model had none
+    label_source: str = "corrected"  # LABEL_SOURCES; Feedback.create derives or checks it
 
     @property
     def answer(self) -> int | str:
@@ -202,11 +223,14 @@ class Feedback:
         canvas_size: int = CANVAS_SIZE,
         rejected: bool = False,
         not_digit_probability: float | None = None,
+        label_source: str | None = None,
     ) -> Feedback:
         """Validate everything a browser could have got wrong; raises FeedbackError with the reason.
 
         `true_label` is a digit 0-9 or NOT_A_DIGIT; `rejected` and `not_digit_probability`
-        record the prediction as it was made.
+        record the prediction as it was made. `label_source` is "prompt" for a drawing made to a
+        prompt; otherwise (None) it is derived: "confirmed" when the answer is the model's, else
+        "corrected" (a "not a digit" answer is confirmed when the model rejected the drawing).
         """
         label, not_digit = _answer(true_label)
         try:
@@ -215,6 +239,7 @@ class Feedback:
             raise FeedbackError(str(e)) from None
         probs = _probabilities(probabilities)
         predicted = int(np.argmax(probs))
+        rejected = _flag(rejected, "rejected")
         return cls(
             submission_id=_short_text(uuid.uuid4().hex if submission_id is None else submission_id, "submission_id"),
             model_version=_short_text(model_version, "model_version", MAX_VERSION),
@@ -227,8 +252,9 @@ class Feedback:
             session_id=_short_text(session_id, "session_id"),
             canvas_size=int(canvas_size),
             not_digit=not_digit,
-            rejected=_flag(rejected, "rejected"),
+            rejected=rejected,
             not_digit_probability=_optional_probability(not_digit_probability, "not_digit_probability"),
+            label_source=_label_source(label_source, label, not_digit, predicted, rejected),
         )
 
     def to_row(self) -> dict:
@@ -248,8 +274,9 @@ class Feedback:
         except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
             raise FeedbackError(f"not JSON ({type(e).__name__}: {str(e)[:200]})") from None
         every = {f.name for f in fields(cls)}
-        # Rows queued before revision 0003 lack its three fields: they are digit answers.
-        if not isinstance(row, dict) or not (every - set(QUEUE_FIELDS_0003) <= set(row) <= every):
+        # Rows queued before revision 0003 lack its three fields: they are digit answers; rows
+        # queued before 0004 lack label_source: it is derived as the migration backfills it.
+        if not isinstance(row, dict) or not (every - {*QUEUE_FIELDS_0003, *QUEUE_FIELDS_0004} <= set(row) <= every):
             got = sorted(row)[:20] if isinstance(row, dict) else type(row).__name__
             raise FeedbackError(f"not a feedback row (fields {got})")
         not_digit = _flag(row.get("not_digit", False), "not_digit")
@@ -274,6 +301,7 @@ class Feedback:
             canvas_size=_canvas_size(row["canvas_size"]),
             rejected=row.get("rejected", False),
             not_digit_probability=row.get("not_digit_probability"),
+            label_source=row.get("label_source"),
         )
         if (checked.predicted, checked.strokes) != (row["predicted"], row["strokes"]):
             raise FeedbackError("predicted or strokes differ from what the row's own figures give")
@@ -281,6 +309,7 @@ class Feedback:
 
 
 QUEUE_FIELDS_0003 = ("not_digit", "rejected", "not_digit_probability")
+QUEUE_FIELDS_0004 = ("label_source",)
 
 
 def _canvas_size(value) -> int:
@@ -597,6 +626,16 @@ class FeedbackStore:
         self.ensure_schema()
         with self.engine.connect() as connection:
             return connection.execute(select(func.count()).select_from(prediction_logs)).scalar_one()
+
+    def label_counts(self) -> dict[int, tuple[int, int]]:
+        """{digit: (stored digit answers, how many of them the model got wrong)}, one grouped query."""
+        self.ensure_schema()
+        label = prediction_logs.c.true_label
+        # Wrong: another digit, or "not a digit" for a digit.
+        wrong = func.sum(case((or_(prediction_logs.c.predicted != label, prediction_logs.c.rejected), 1), else_=0))
+        query = select(label, func.count(), wrong).where(label.is_not(None)).group_by(label)
+        with self.engine.connect() as connection:
+            return {int(d): (int(n), int(w or 0)) for d, n, w in connection.execute(query)}
 
     def rows(self) -> list[dict]:
         """Every stored row as a dict, oldest first."""

@@ -182,7 +182,7 @@ def test_upgrade_keeps_rows_written_under_the_old_schema(empty_url, tmp_path):
 
     store = FeedbackStore(empty_url, queue_file=tmp_path / "q.jsonl")
     assert store.submit(make_feedback(label=2)).status == "saved"  # first use upgrades to head
-    assert migrations.current_revision(engine) == migrations.head_revision() == "0003"
+    assert migrations.current_revision(engine) == migrations.head_revision() == "0004"
     assert created_at_indexed(engine)
     rows = store.rows()
     assert [r["submission_id"] for r in rows[:3]] == ["old-0", "old-1", "old-2"]
@@ -212,7 +212,7 @@ def test_database_made_before_migrations_is_adopted(tmp_path):
 
     store = FeedbackStore(f"sqlite:///{path}", queue_file=tmp_path / "q.jsonl")
     assert store.count() == 2
-    assert migrations.current_revision(store.engine) == "0003"
+    assert migrations.current_revision(store.engine) == "0004"
     assert store.submit(make_feedback()).status == "saved" and store.count() == 3
     store.dispose()
 

@@ -314,7 +314,7 @@ def test_bad_not_a_digit_queue_lines_are_kept_aside(store, changes, reason):
 def test_migrating_to_0003_keeps_digit_rows_and_refuses_to_drop_not_a_digit_answers(store):
     migrations.upgrade(store.engine, "0002")
     store.submit(make_feedback(label=5))
-    assert migrations.current_revision(store.engine) == "0003"  # the store's first use upgrades...
+    assert migrations.current_revision(store.engine) == "0004"  # the store's first use upgrades...
     migrations.downgrade(store.engine, "0002")  # ...and back: digit rows fit 0002
     with store.engine.connect() as c:
         assert c.execute(text("SELECT true_label FROM prediction_logs")).scalars().all() == [5]
@@ -326,4 +326,87 @@ def test_migrating_to_0003_keeps_digit_rows_and_refuses_to_drop_not_a_digit_answ
     store.submit(make_feedback(NOT_A_DIGIT))
     with pytest.raises(RuntimeError, match="1 stored answers say 'not a digit'"):
         migrations.downgrade(store.engine, "0002")
-    assert migrations.current_revision(store.engine) == "0003" and store.count() == 2  # nothing lost
+    assert migrations.current_revision(store.engine) == "0004" and store.count() == 2  # nothing lost
+
+
+# --- where a label came from (revision 0004) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "changes", "source"),
+    [
+        (7, {}, "confirmed"),  # the model said 7
+        (1, {}, "corrected"),
+        (NOT_A_DIGIT, {"rejected": True}, "confirmed"),  # the model said "not a digit" too
+        (NOT_A_DIGIT, {}, "corrected"),
+        (7, {"rejected": True}, "corrected"),  # its best guess was 7, but it answered "not a digit"
+        (1, {"label_source": "prompt"}, "prompt"),
+    ],
+)
+def test_each_row_records_where_its_label_came_from(store, answer, changes, source):
+    store.submit(make_feedback(answer, **changes))
+    [row] = store.rows()
+    assert row["label_source"] == source
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"label_source": "guess"}, "label_source must be one of prompt, confirmed, corrected"),
+        ({"label_source": "confirmed", "true_label": 1}, "contradicts"),
+        ({"label_source": "corrected"}, "contradicts"),  # label 7 is what the model said
+    ],
+)
+def test_a_label_source_that_does_not_fit_is_refused(changes, reason):
+    with pytest.raises(FeedbackError, match=reason):
+        make_feedback(**{"label": changes.pop("true_label", 7), **changes})
+
+
+def test_the_database_refuses_an_unknown_label_source(store):
+    bad = Feedback(**{**make_feedback().to_row(), "label_source": "guess"})
+    with pytest.raises(FeedbackError, match="refused"):
+        store.submit(bad)
+    assert store.count() == 0
+
+
+def test_label_sources_survive_the_queue_and_old_lines_get_one(store):
+    down = FeedbackStore(UNREACHABLE_URL, queue_file=store.queue_file)
+    prompted = make_feedback(label=3, label_source="prompt")
+    assert down.submit(prompted).status == "queued"
+    before_0004 = json.loads(make_feedback(label=2).to_json())
+    del before_0004["label_source"]  # queued by the previous release
+    lying = {**json.loads(make_feedback(label=5).to_json()), "label_source": "confirmed"}
+    with store.queue_file.open("a") as f:
+        f.write(json.dumps(before_0004) + "\n" + json.dumps(lying) + "\n")
+    assert down.queued()[0] == prompted
+    assert store.flush_queue() == 2
+    assert [(r["true_label"], r["label_source"]) for r in store.rows()] == [(3, "prompt"), (2, "corrected")]
+    assert "contradicts" in store.rejected_file.read_text()
+
+
+def test_migrating_to_0004_backfills_sources_and_keeps_prompted_labels(store):
+    migrations.upgrade(store.engine, "0003")
+    with store.engine.begin() as c:
+        for i, (label, not_digit, rejected) in enumerate([(7, False, False), (1, False, False), (None, True, True)]):
+            c.execute(
+                text(
+                    "INSERT INTO prediction_logs (submission_id, created_at, model_version, predicted, confidence,"
+                    " probabilities, true_label, image, strokes, canvas_size, session_id, not_digit, rejected)"
+                    " VALUES (:s, CURRENT_TIMESTAMP, 'm', 7, 0.9, '[]', :label, :image, '[]', 280, 's', :nd, :rej)"
+                ),
+                {"s": f"old-{i}", "label": label, "image": b"png", "nd": not_digit, "rej": rejected},
+            )
+    migrations.upgrade(store.engine)
+    assert [r["label_source"] for r in store.rows()] == ["confirmed", "corrected", "confirmed"]
+    migrations.downgrade(store.engine, "0003")  # no prompted rows: nothing to lose
+    migrations.upgrade(store.engine)
+    store.submit(make_feedback(label=4, label_source="prompt"))
+    with pytest.raises(RuntimeError, match="1 stored answers were drawn to a prompt"):
+        migrations.downgrade(store.engine, "0003")
+    assert migrations.current_revision(store.engine) == "0004" and store.count() == 4
+
+
+def test_label_counts_give_answers_and_model_errors_per_digit(store):
+    for answer, changes in [(7, {}), (7, {}), (1, {}), (7, {"rejected": True}), (NOT_A_DIGIT, {})]:
+        store.submit(make_feedback(answer, **changes))
+    assert store.label_counts() == {7: (3, 1), 1: (1, 1)}  # "not a digit" answers have no digit
