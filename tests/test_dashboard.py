@@ -139,12 +139,17 @@ def test_prediction_after_every_stroke_uses_the_one_preprocessing_path(dash, mod
     draw(dash, ONE_STROKE_PLUS[1:], end="touch")
     second = dash.prediction
     strokes = dash.pad.as_lists()
-    expected = model.predict(strokes_to_input(strokes)[None])[0][0]
+    probabilities, not_digit = model.predict(strokes_to_input(strokes)[None])
+    expected, rejected = probabilities[0], bool(model.is_not_digit(not_digit)[0])
     assert np.array_equal(second.image, strokes_to_input(strokes))
     assert second.probabilities == pytest.approx(expected.tolist())
+    assert second.not_digit == pytest.approx(float(not_digit[0])) and second.rejected == rejected
     assert first.image.sum() != second.image.sum()  # the second stroke changed what the model saw
-    assert dash.prediction_label.value == str(int(expected.argmax()))
-    assert f"{expected.max():.0%}" in dash.confidence_label.value
+    if rejected:  # the tiny model has a not-digit output too; its answer depends on its training
+        assert "Not a digit" in dash.prediction_label.value
+    else:
+        assert dash.prediction_label.value == str(int(expected.argmax()))
+        assert f"{expected.max():.0%}" in dash.confidence_label.value
     assert np.array_equal(png_to_image(dash.preview.value), second.image)
     assert dash.bars.value.count('class="row') == 10 and dash.bars.value.count('class="row top"') == 1
     assert not any(b.disabled for b in answer_buttons(dash))
@@ -201,11 +206,12 @@ def test_label_button_stores_one_row_confirms_and_clears(dash, store):
     assert dash.pad.empty and PROMPT in dash.prediction_label.value
 
 
-def test_correct_button_stores_the_prediction_as_the_label(dash, store):
+def test_correct_button_stores_the_prediction_as_the_label(model, store):
+    dash = Dashboard(Rejecting(model, not_digit=0.1), store)  # answers a digit
     draw(dash, SEVEN)
     guess = dash.prediction.digit
     dash.correct_button.click()
-    assert [r["true_label"] for r in store.rows()] == [guess]
+    assert [(r["true_label"], r["not_digit"]) for r in store.rows()] == [(guess, False)]
 
 
 def test_double_clicks_store_one_row(dash, store):
@@ -355,8 +361,21 @@ def test_not_a_digit_button_stores_a_negative_once(model, store):
     assert row["rejected"] is False and row["not_digit_probability"] == pytest.approx(0.1)
 
 
-def test_a_model_without_a_not_digit_output_never_rejects_and_stores_null(dash, store):
-    draw(dash, SEVEN)  # the tiny model: ten outputs, no operating point
+class TenOutputs(Rejecting):
+    """A model exported before "not a digit": serving gives zeros and no operating point."""
+
+    rejection_threshold = None
+
+    def __init__(self, model):
+        super().__init__(model, not_digit=0.0)
+
+    def is_not_digit(self, not_digit):
+        return np.zeros(np.shape(not_digit), bool)
+
+
+def test_a_model_without_a_not_digit_output_never_rejects_and_stores_null(model, store):
+    dash = Dashboard(TenOutputs(model), store)
+    draw(dash, SEVEN)
     assert not dash.prediction.rejected and dash.prediction.not_digit is None
     dash.not_digit_button.click()
     [row] = store.rows()
