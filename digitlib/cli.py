@@ -145,7 +145,9 @@ def cmd_run_notebook(args: argparse.Namespace) -> dict:
 def cmd_export_feedback(args: argparse.Namespace) -> dict:
     from digitlib.feedback import export_training_set
 
-    manifest = export_training_set(args.out, args.database_url, args.holdout_fraction)
+    manifest = export_training_set(
+        args.out, args.database_url, args.holdout_fraction, keep_suspect=args.keep_suspect, models_dir=args.models_dir
+    )
     return {
         "out": str(args.out),
         "source_db": manifest["source_db"],
@@ -156,6 +158,7 @@ def cmd_export_feedback(args: argparse.Namespace) -> dict:
         "train": manifest["counts"]["train"]["n"],
         "holdout": manifest["counts"]["holdout"]["n"],
         "dropped": manifest["dropped"],
+        "suspect": manifest["label_checks"]["n_suspect"],
         "per_label": {k: v + manifest["counts"]["holdout"]["per_label"][k]
                       for k, v in manifest["counts"]["train"]["per_label"].items()},
     }  # fmt: skip
@@ -258,6 +261,8 @@ def _add_feedback_loop_commands(sub) -> None:
     ex.add_argument("out", help="folder for train.npz, holdout.npz and manifest.json")
     ex.add_argument("--database-url", help="feedback store (default: DATABASE_URL setting)")
     ex.add_argument("--holdout-fraction", type=float, default=0.2, help="share held out, fixed by submission id")
+    ex.add_argument("--keep-suspect", action="store_true", help="keep rows the label checks suspect (still listed)")
+    ex.add_argument("--models-dir", help="registry whose models judge the labels (default: models/)")
     ex.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ex.set_defaults(func=cmd_export_feedback)
 

@@ -230,13 +230,23 @@ def _label_counts(frame: pd.DataFrame) -> dict[str, int]:
 
 
 def export_training_set(
-    out: str | Path, url: str | None = None, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+    out: str | Path,
+    url: str | None = None,
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
+    *,
+    check_labels: bool = True,
+    keep_suspect: bool = False,
+    models_dir: str | Path | None = None,
 ) -> dict:
     """Write train.npz, holdout.npz, not_digit.npz and manifest.json into `out`; returns the manifest.
 
     train/holdout hold digit answers (labels 0-9) only. not_digit.npz holds the drawings
     visitors answered "not a digit" for (images, holdout flags by the same split rule): a class
     of its own for a trainer with a not-digit output, never mixed into the digit labels.
+
+    With `check_labels`, digit answers go through digitlib.label_checks (judged out of sample by
+    the registry in `models_dir`): suspect rows are left out of train and holdout unless
+    `keep_suspect`, and listed in the manifest either way (submission id, reason).
 
     Raises FeedbackDataError when there is no usable feedback.
     """
@@ -253,9 +263,13 @@ def export_training_set(
         raise FeedbackDataError(f"none of the {len(frame)} rows in {password_free_url(url)} gives a usable drawing")
     holdout = usable["submission_id"].map(lambda s: in_holdout(s, holdout_fraction)).to_numpy()
     negative = usable["not_digit"].to_numpy(bool)
+    suspect, suspects = _suspect_rows(usable, images, negative, models_dir) if check_labels else (None, None)
+    kept = ~negative if suspect is None or keep_suspect else ~negative & ~suspect
     out = Path(out)
-    splits, checksums = {"train": ~holdout & ~negative, "holdout": holdout & ~negative}, {}
+    splits, checksums = {"train": ~holdout & kept, "holdout": holdout & kept}, {}
     dropped = {"duplicates": duplicates, "conflicting_labels": conflicting, "unrenderable": len(unique) - len(usable)}
+    if suspect is not None and not keep_suspect:
+        dropped["suspect_labels"] = int(suspect.sum())
     manifest = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source_db": password_free_url(url),
@@ -271,6 +285,13 @@ def export_training_set(
             "train": int((negative & ~holdout).sum()),
             "holdout": int((negative & holdout).sum()),
             "note": "answers 'not a digit': kept out of train/holdout (labels 0-9 only); a class of their own",
+        },
+        "label_checks": {
+            "checked": check_labels,
+            "kept_in_splits": keep_suspect,
+            "n_suspect": len(suspects) if suspects is not None else None,
+            "suspect": suspects,
+            "note": "digit answers judged by out-of-sample probabilities (digitlib.label_checks), see judged_by",
         },
         "model_versions": {str(k): int(v) for k, v in usable["model_version"].value_counts().items()},
         "preprocessing": "preprocess.strokes_to_input (re-rendered from stored strokes)",
@@ -290,6 +311,23 @@ def export_training_set(
     except OSError as e:  # a read-only or full disk: the folder keeps what it held before
         raise FeedbackDataError(f"{out}: export not written ({e.strerror or e}); the folder is as it was") from None
     return manifest
+
+
+def _suspect_rows(usable: pd.DataFrame, images: list[np.ndarray], negative: np.ndarray, models_dir):
+    """(bool per usable row, manifest entries): digit answers the label checks suspect."""
+    from digitlib import label_checks
+    from digitlib.modeling.checkpoint import CheckpointError
+
+    suspect = np.zeros(len(usable), bool)
+    digits = np.flatnonzero(~negative)
+    if not len(digits):
+        return suspect, []
+    try:
+        report = label_checks.check_feedback(usable.iloc[digits], np.stack([images[i] for i in digits]), models_dir)
+    except CheckpointError as e:  # RegistryError too: no model to judge with
+        raise FeedbackDataError(f"label checks need a model to judge with: {e}") from None
+    suspect[digits] = report.suspect
+    return suspect, report.manifest_entries()
 
 
 @contextmanager
