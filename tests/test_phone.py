@@ -8,7 +8,9 @@ screen and take ink in its right third, every button must show its whole label a
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,37 @@ def test_touch_drawing_over_the_whole_canvas_predicts_and_answers(phone, server)
     assert max(xs) == pytest.approx(265, abs=2) and min(xs) == pytest.approx(30, abs=2)  # all of it arrived
     assert scribble["not_digit"] and scribble["true_label"] is None
     assert max(x for x, _ in scribble["strokes"][0]) == pytest.approx(260, abs=2)
+
+
+@pytest.fixture(scope="module")
+def rejecting_server(tmp_path_factory):
+    """The tiny model with its operating point at 0: every drawing is answered "not a digit"."""
+    model = tmp_path_factory.mktemp("rejecting") / "model"
+    shutil.copytree(tiny_model_dir(tmp_path_factory), model)
+    metadata = json.loads((model / "metadata.json").read_text())  # model.onnx, the checked file, is untouched
+    metadata["rejection"] = {**(metadata.get("rejection") or {}), "threshold": 0.0}
+    (model / "metadata.json").write_text(json.dumps(metadata))
+    database = tmp_path_factory.mktemp("rejecting-db") / "feedback.db"
+    env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: f"sqlite:///{database}"}
+    with running_voila(env, timeout=90, extra_args=["--pool_size=1"]) as (port, _):
+        yield f"http://127.0.0.1:{port}/", env[config.DATABASE_URL.name]
+
+
+def test_a_rejected_drawing_reads_not_a_digit_on_a_phone(rejecting_server, phone):
+    url, database_url = rejecting_server
+    page = phone.context.new_page()
+    page.goto(url, timeout=120_000)
+    page.locator(f".{CSS['canvas']}").wait_for(state="visible", timeout=60_000)
+    touch_stroke(page, WIDE_SEVEN)
+    shown = wait_for_text(page, f".{CSS['prediction']}", "not a digit")
+    assert shown.startswith("Not a digit") and "best guess" in shown
+    headline = page.locator(".digit-rejected").bounding_box()
+    assert headline["x"] + headline["width"] <= PHONE["viewport"]["width"]  # the words fit the screen
+    page.locator(f".{CSS['correct']}").tap()  # the model was right: it is not a digit
+    assert "Saved as not a digit" in wait_for_text(page, f".{CSS['status']}", "Saved")
+    page.close()
+    store = FeedbackStore(database_url)
+    [row] = store.rows()
+    store.dispose()
+    assert row["not_digit"] and row["rejected"] and row["true_label"] is None
+    assert row["not_digit_probability"] is not None
