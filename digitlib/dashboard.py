@@ -6,6 +6,10 @@ ipywidgets to it, predicts at the end of every stroke through preprocess.strokes
 handlers are plain methods, so tests drive them without a browser. The Voilà notebook
 (dashboards/digits.ipynb) only calls `build_dashboard()` and displays it.
 
+Besides free drawing there is prompted drawing ("Draw a 4", as Quick, Draw! and UNIPEN
+collected theirs): the answer's label is the prompt's, stored with label_source "prompt";
+`PromptPicker` chooses the digits.
+
 Every visitor gets a kernel that imports this module, so it imports no torch: the model is
 the version's model.onnx run by ONNX Runtime (digitlib.serving).
 """
@@ -55,7 +59,12 @@ CSS = {
     "undo": "digit-undo",
     "status": "digit-status",
     "not_digit": "digit-not-digit",
+    "prompt_mode": "digit-prompt-mode",  # switches between free and prompted drawing
+    "prompt": "digit-prompt",  # "Draw a 4": contains the digit asked for
+    "done": "digit-done",  # store the drawing under the prompt's label
+    "skip": "digit-skip",  # another prompt, nothing stored
 }
+FREE_MODE_TEXT, PROMPTED_MODE_TEXT = "Draw what I ask", "Draw freely"
 TOUCH_PX = 44  # smallest comfortable touch target (Apple HIG, WCAG 2.5.5)
 STYLE = f"""<style>
 .digit-dashboard .digit-prediction, .digit-dashboard .digit-prediction .widget-html-content {{
@@ -79,6 +88,7 @@ STYLE = f"""<style>
     font-size: 72px; line-height: 80px; height: 88px; }}
   .digit-dashboard .digit-answers .jupyter-button {{ min-width: 52px; }}
 }}
+.digit-dashboard .digit-prompt .widget-html-content {{ font-size: 28px; line-height: 44px; }}
 .digit-bars {{ font: 13px monospace; }}
 .digit-bars .row {{ display: flex; align-items: center; gap: 6px; height: 18px; }}
 .digit-bars .bar {{ background: #9ab; height: 12px; }}
@@ -233,6 +243,51 @@ def bars_html(probabilities: list[float] | None) -> str:
     return f'<div class="digit-bars">{"".join(rows)}</div>'
 
 
+def prompt_html(digit: int) -> str:
+    return f"Draw a <b>{digit}</b>"
+
+
+class PromptPicker:
+    """Which digit to ask for next: the one with the fewest stored answers (balancing the classes),
+    among those the one the model gets wrong most often, then at random.
+
+    The counts come from one grouped query (store.label_counts) the first time a prompt is
+    needed, then follow this session's own answers: a visitor never waits on the database
+    again. A database that is down counts as empty: every digit equal, asked at random.
+    """
+
+    def __init__(self, store: FeedbackStore, rng: np.random.Generator | None = None):
+        self.store, self.rng = store, rng or np.random.default_rng()
+        self._counts: dict[int, list[int]] | None = None  # digit -> [answers, model wrong]
+
+    def counts(self) -> dict[int, list[int]]:
+        if self._counts is None:
+            try:
+                stored = self.store.label_counts()
+            except Exception as e:  # noqa: BLE001 - prompts go on without the database
+                log.warning("prompt counts unavailable (%s): prompting at random", e)
+                stored = {}
+            self._counts = {d: list(stored.get(d, (0, 0))) for d in range(10)}
+        return self._counts
+
+    def record(self, digit: int) -> None:
+        """One more answer for `digit` in this session."""
+        self.counts()[digit][0] += 1
+
+    def next(self, avoid: int | None = None) -> int:
+        counts = self.counts()
+        candidates = [d for d in range(10) if d != avoid]
+        fewest = min(counts[d][0] for d in candidates)
+        tied = [d for d in candidates if counts[d][0] == fewest]
+
+        def error_rate(d: int) -> float:  # with a prior of one right, one wrong: no answers -> 0.5
+            answers, wrong = counts[d]
+            return (wrong + 1) / (answers + 2)
+
+        worst = max(error_rate(d) for d in tied)
+        return int(self.rng.choice([d for d in tied if error_rate(d) == worst]))
+
+
 def _guarded(method):
     """Widget callbacks never show a traceback: log it, tell the visitor in one line."""
 
@@ -263,6 +318,8 @@ class Dashboard:
         self.pad = DrawingPad()
         self.prediction: Prediction | None = None
         self.saved_ids: set[str] = set()
+        self.prompts = PromptPicker(store)
+        self.prompt: int | None = None  # the digit asked for; None: free drawing
         self._build_widgets()
         self._connect()
         self._show_prediction()
@@ -296,6 +353,10 @@ class Dashboard:
         self.correct_button = _button("Correct", CSS["correct"], "check", style="success")
         self.label_buttons = [_button(str(d), label_class(d)) for d in range(10)]
         self.not_digit_button = _button("Not a digit", CSS["not_digit"], "ban")
+        self.prompt_mode_button = _button(FREE_MODE_TEXT, CSS["prompt_mode"], "bullseye")
+        self.prompt_label = _with_class(widgets.HTML(), CSS["prompt"])
+        self.done_button = _button("Done", CSS["done"], "check", style="success")
+        self.skip_button = _button("Skip", CSS["skip"], "forward")
 
     def _connect(self) -> None:
         c = self.canvas
@@ -315,6 +376,9 @@ class Dashboard:
         for digit, button in enumerate(self.label_buttons):
             button.on_click(lambda _, d=digit: self.submit(d))
         self.not_digit_button.on_click(lambda _: self.submit(NOT_A_DIGIT))
+        self.prompt_mode_button.on_click(lambda _: self.toggle_prompt_mode())
+        self.done_button.on_click(lambda _: self.submit_prompted())
+        self.skip_button.on_click(lambda _: self.skip_prompt())
 
     def layout(self) -> widgets.Widget:
         tools = _with_class(widgets.HBox([self.undo_button, self.clear_button]), "digit-buttons")
@@ -331,12 +395,19 @@ class Dashboard:
             widgets.HBox([widgets.HTML("It was actually:&nbsp;"), *self.label_buttons, self.not_digit_button]),
             "digit-answers",
         )
+        # Free drawing answers with these; prompted drawing with Done/Skip (one set shows at a time).
+        self.free_answers = widgets.VBox([_with_class(widgets.HBox([self.correct_button]), "digit-buttons"), answer])
+        self.prompted_answers = _with_class(
+            widgets.HBox([self.prompt_label, self.done_button, self.skip_button]), "digit-buttons"
+        )
+        self._show_mode()
         box = widgets.VBox(
             [
                 widgets.HTML(STYLE),
+                _with_class(widgets.HBox([self.prompt_mode_button]), "digit-buttons"),
                 _with_class(widgets.HBox([left, right]), "digit-row"),
-                _with_class(widgets.HBox([self.correct_button]), "digit-buttons"),
-                answer,
+                self.free_answers,
+                self.prompted_answers,
                 self.status,
             ]
         )
@@ -444,8 +515,46 @@ class Dashboard:
         self._enable_answers(p is not None and self.pad.drawing_id not in self.saved_ids)
 
     def _enable_answers(self, enabled: bool) -> None:
-        for button in (self.correct_button, *self.label_buttons, self.not_digit_button):
+        for button in (self.correct_button, *self.label_buttons, self.not_digit_button, self.done_button):
             button.disabled = not enabled
+
+    # --- prompted drawing ---------------------------------------------------------------------
+
+    @_guarded
+    def toggle_prompt_mode(self) -> None:
+        """Free drawing <-> prompted drawing; the drawing on the canvas stays (nothing is stored)."""
+        self.prompt = self.prompts.next() if self.prompt is None else None
+        self._show_mode()
+
+    def _show_mode(self) -> None:
+        prompted = self.prompt is not None
+        self.prompt_label.value = prompt_html(self.prompt) if prompted else ""
+        self.prompt_mode_button.description = PROMPTED_MODE_TEXT if prompted else FREE_MODE_TEXT
+        if hasattr(self, "free_answers"):  # built by layout()
+            self.free_answers.layout.display = "none" if prompted else None
+            self.prompted_answers.layout.display = None if prompted else "none"
+
+    @_guarded
+    def submit_prompted(self) -> str | None:
+        """Store the drawing under the prompt's label (label_source "prompt"), then ask for the next digit."""
+        if self.prompt is None:
+            return None
+        asked = self.prompt
+        status = self.submit(asked, label_source="prompt")
+        if status is not None:
+            self.prompts.record(asked)
+            self.prompt = self.prompts.next()
+            self._show_mode()
+        return status
+
+    @_guarded
+    def skip_prompt(self) -> None:
+        """Another digit, nothing stored; the canvas is cleared for it."""
+        if self.prompt is None:
+            return
+        self.prompt = self.prompts.next(avoid=self.prompt)
+        self._show_mode()
+        self.clear(status="Skipped: nothing was saved.")
 
     # --- feedback -----------------------------------------------------------------------------
 
@@ -455,8 +564,11 @@ class Dashboard:
             self.submit(NOT_A_DIGIT if self.prediction.rejected else self.prediction.digit)
 
     @_guarded
-    def submit(self, label) -> str | None:
-        """Store the current drawing with its true label (0-9 or NOT_A_DIGIT); returns the store's status or None."""
+    def submit(self, label, label_source: str | None = None) -> str | None:
+        """Store the current drawing with its true label (0-9 or NOT_A_DIGIT); returns the store's status or None.
+
+        `label_source` "prompt" for a prompted drawing; None: the store derives confirmed/corrected.
+        """
         if self.prediction is None or self.pad.empty:
             self.show_status("Draw a digit first.", error=True)
             return None
@@ -469,7 +581,7 @@ class Dashboard:
             return None
         self._enable_answers(False)  # a second click while this one is stored does nothing
         try:
-            feedback = self._feedback(label)
+            feedback = self._feedback(label, label_source)
             result = self.store.submit(feedback)
         except FeedbackError as e:
             self._enable_answers(True)
@@ -479,7 +591,7 @@ class Dashboard:
         self.clear(status=result.message)
         return result.status
 
-    def _feedback(self, label):
+    def _feedback(self, label, label_source: str | None = None):
         from digitlib.store import Feedback
 
         p = self.prediction
@@ -493,6 +605,7 @@ class Dashboard:
             submission_id=self.pad.drawing_id,
             rejected=p.rejected,
             not_digit_probability=p.not_digit,
+            label_source=label_source,
         )
 
     def show_status(self, text: str, error: bool = False) -> None:

@@ -1,0 +1,179 @@
+"""Prompted drawing ("Draw a 4"): the label comes from the prompt and the row says so.
+
+The handlers are driven directly, as tests/test_dashboard.py does, on SQLite and on the real
+PostgreSQL (TEST_DATABASE_URL); then once through Voilà and Chromium with a recorded pen
+drawing of the digit asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from test_dashboard import SEVEN, draw
+from test_store import UNREACHABLE_URL, make_feedback, pg_url, sqlite_url  # noqa: F401 - fixtures
+from tiny_model import tiny_model_dir
+
+from digitlib import config
+from digitlib.dashboard import FREE_MODE_TEXT, PROMPTED_MODE_TEXT, Dashboard, PromptPicker
+from digitlib.serving import load_onnx_model
+from digitlib.store import FeedbackStore
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_onnx_model(tiny_model_dir(tmp_path_factory))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    s = FeedbackStore(url, queue_file=tmp_path / "queue.jsonl")
+    yield s
+    s.dispose()
+
+
+def prompted_digit(dash: Dashboard) -> int:
+    text = dash.prompt_label.value
+    assert text == f"Draw a <b>{dash.prompt}</b>"
+    return dash.prompt
+
+
+def test_a_simulated_prompted_session_stores_the_prompts_labels_and_their_source(model, store):
+    dash = Dashboard(model, store)
+    dash.layout()
+    assert dash.prompt is None and dash.prompted_answers.layout.display == "none"
+    dash.toggle_prompt_mode()
+    assert dash.prompt_mode_button.description == PROMPTED_MODE_TEXT
+    assert dash.free_answers.layout.display == "none" and dash.prompted_answers.layout.display is None
+    assert dash.done_button.disabled  # nothing drawn yet
+
+    asked = []
+    for _ in range(3):
+        asked.append(prompted_digit(dash))
+        draw(dash, SEVEN)  # whatever is drawn, the label is the prompt's
+        assert dash.prediction is not None and dash.prediction_label.value  # still predicts live
+        assert not dash.done_button.disabled
+        assert dash.submit_prompted() == "saved"
+        assert f"Saved as {asked[-1]}" in dash.status.value
+    assert len(set(asked)) == 3  # an empty store: each answer moves the session to another digit
+
+    before = prompted_digit(dash)
+    draw(dash, SEVEN)
+    dash.skip_prompt()
+    assert dash.prompt != before and dash.pad.empty and store.count() == 3  # skipped: nothing stored
+
+    dash.toggle_prompt_mode()  # back to free drawing, which stays as it was
+    assert dash.prompt is None and dash.prompt_mode_button.description == FREE_MODE_TEXT
+    assert dash.submit_prompted() is None
+    draw(dash, SEVEN)
+    dash.submit(dash.prediction.digit)
+
+    rows = store.rows()
+    assert [(r["true_label"], r["label_source"]) for r in rows] == [
+        *((digit, "prompt") for digit in asked),
+        (rows[-1]["predicted"], "confirmed"),
+    ]
+    assert {r["session_id"] for r in rows} == {dash.session_id}
+
+
+def test_prompts_balance_the_classes_then_target_the_models_errors(store):
+    # Every digit has two answers except 3 and 8 with one each; the model got the 8 wrong.
+    for digit in range(10):
+        for _ in range(1 if digit in (3, 8) else 2):
+            store.submit(make_feedback(label=digit))
+    picker = PromptPicker(store)
+    assert picker.next() == 8  # fewest answers; among those, the one the model gets wrong
+    picker.record(8)
+    assert picker.next() == 3
+    picker.record(3)
+    assert picker.next(avoid=5) != 5
+
+
+def test_prompt_counts_are_read_once_per_session(model, store, monkeypatch):
+    calls = []
+    real = store.label_counts
+    monkeypatch.setattr(store, "label_counts", lambda: calls.append(1) or real())
+    dash = Dashboard(model, store)
+    dash.layout()
+    dash.toggle_prompt_mode()
+    for _ in range(3):
+        draw(dash, SEVEN)
+        dash.submit_prompted()
+        dash.skip_prompt()
+    assert len(calls) == 1 and store.count() == 3
+
+
+def test_prompts_go_on_while_the_database_is_down_and_the_answer_is_queued(model, tmp_path, store):
+    down = FeedbackStore(UNREACHABLE_URL, queue_file=store.queue_file)
+    dash = Dashboard(model, down)
+    dash.layout()
+    dash.toggle_prompt_mode()
+    asked = prompted_digit(dash)
+    draw(dash, SEVEN)
+    assert dash.submit_prompted() == "queued"
+    assert dash.prompt is not None
+    assert store.flush_queue() == 1  # the database is back
+    [row] = store.rows()
+    assert (row["true_label"], row["label_source"]) == (asked, "prompt")
+    down.dispose()
+
+
+# --- in a browser -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from digitlib.dashboard_server import running_voila
+
+    model = tiny_model_dir(tmp_path_factory)
+    database = tmp_path_factory.mktemp("prompted-db") / "feedback.db"
+    env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: f"sqlite:///{database}"}
+    with running_voila(env, timeout=90, extra_args=["--pool_size=1"]) as (port, _):
+        yield f"http://127.0.0.1:{port}/", env[config.DATABASE_URL.name]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_prompted_drawing_in_the_browser(server):
+    from playwright.sync_api import sync_playwright
+    from test_browser import draw as draw_in_page
+    from test_browser import wait_for_text
+
+    from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS
+    from digitlib.drawings import load_drawings
+
+    pen = Path(config.DRAWINGS_FILE.get())
+    if not pen.is_file():
+        pytest.fail(f"{pen} is missing: the pen-digit dev set (../shared/data/README.md)")
+    by_label = {}
+    for d in load_drawings(pen):
+        by_label.setdefault(d.label, d)
+    url, database_url = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 800})
+        page.goto(url, timeout=120_000)
+        page.locator(".digit-canvas").wait_for(state="visible", timeout=60_000)
+        assert not page.locator(".digit-done").is_visible()  # free drawing first, as before
+        page.locator(".digit-prompt-mode").click()
+        asked = int(wait_for_text(page, ".digit-prompt", r"^Draw a [0-9]$")[-1])
+
+        draw_in_page(page, by_label[asked].strokes)
+        wait_for_text(page, ".digit-prediction", r"^([0-9]|Not a digit)")  # the live prediction
+        page.locator(".digit-skip").click()
+        wait_for_text(page, ".digit-status", "Skipped")
+        asked = int(wait_for_text(page, ".digit-prompt", r"^Draw a [0-9]$")[-1])
+
+        draw_in_page(page, by_label[asked].strokes)
+        wait_for_text(page, ".digit-prediction", r"^([0-9]|Not a digit)")
+        page.locator(".digit-done").click()
+        assert f"Saved as {asked}" in wait_for_text(page, ".digit-status", "Saved")
+        browser.close()
+
+    store = FeedbackStore(database_url)
+    [row] = store.rows()  # the skipped drawing stored nothing
+    assert (row["true_label"], row["label_source"]) == (asked, "prompt")
+    assert len(row["strokes"]) == len(by_label[asked].strokes)
+    store.dispose()
