@@ -1,0 +1,197 @@
+"""The feedback loop under attack: poisoned labels, what the label checks find, what the gate lets through.
+
+Visitors are simulated with the drawn digits of some sites (each drawing through the dashboard's
+predict path, stored in a temporary SQLite store, as benchmarks/feedback_loop.py does), with a
+share of their labels made wrong:
+
+- random: a label flipped to another digit at random;
+- targeted: every 7 labelled 1, then (past the sevens' share) other digits turned into their
+  look-alike (4 -> 9, 3 -> 8, ...);
+- garbage: non-digit drawings (../shared/data/non-digits) added, labelled as random digits, so
+  that they make up `rate` of the feedback.
+
+For each run the feedback is exported (label checks on: suspect rows left out; off: all kept),
+the flags are scored against the injected rows (precision, recall), the base model is
+fine-tuned briefly on a few thousand MNIST images plus the feedback, and the promotion rule
+(registry.decide) judges it on the feedback held-out split, MNIST test, MNIST validation and a
+pen-digit set made of half the writers of the sites not used for feedback. The other half are
+writers neither the feedback nor the gate ever saw: `*_unseen_accuracy` is measured on them.
+
+    nice -n 19 .venv/bin/python benchmarks/poisoned_feedback.py [--json] [--attacks random,targeted,garbage]
+        [--rates 0.1,0.3] [--per-site 300] [--mnist-subset 4000] [--no-unchecked]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from digitlib import config, feedback, registry
+from digitlib.dataset import load_mnist, train_val_split
+from digitlib.drawings import Drawing, drawings_to_digits, load_drawings
+from digitlib.modeling.checkpoint import load_model
+from digitlib.modeling.train import save_training, train
+from digitlib.store import FeedbackStore
+
+LOOK_ALIKE = {0: 6, 1: 7, 2: 7, 3: 8, 4: 9, 5: 6, 6: 0, 7: 1, 8: 3, 9: 4}  # the targeted attack's mapping
+NON_DIGITS = config.SHARED_DATA_DIR / "non-digits" / "dev.jsonl"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default=str(config.DEFAULT_MODEL_DIR), help="model to start from")
+    parser.add_argument("--file", default=config.DRAWINGS_FILE.get(), help="drawn digits (JSON lines)")
+    parser.add_argument("--non-digits", default=str(NON_DIGITS), help="non-digit drawings (the garbage attack)")
+    parser.add_argument("--feedback-sites", default="app,ced,gmd", help="sites whose drawings become feedback")
+    parser.add_argument("--per-site", type=int, default=300, help="feedback drawings per site")
+    parser.add_argument("--attacks", default="random,targeted,garbage")
+    parser.add_argument(
+        "--rates", default="0.1,0.3", help="shares of wrong labels (a clean run, 0, always comes first)"
+    )
+    parser.add_argument("--no-unchecked", action="store_true", help="skip the runs with the label checks off")
+    parser.add_argument("--mnist-subset", type=int, default=4000, help="MNIST training images in each fine-tune")
+    parser.add_argument("--mnist-test-size", type=int, default=5000)
+    parser.add_argument("--mnist-validation-size", type=int, default=5000, help="of the 5,000 held out of training")
+    parser.add_argument("--oversample", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    return parser.parse_args(argv)
+
+
+def poison(drawings: list[Drawing], attack: str, rate: float, garbage: list[Drawing], rng) -> tuple[list, np.ndarray]:
+    """(the visitors' drawings with their answers, bool per drawing: its label was made wrong)."""
+    labels = np.array([d.label for d in drawings])
+    wrong = np.zeros(len(drawings), bool)
+    if attack == "garbage":
+        extra = min(len(garbage), round(rate / (1 - rate) * len(drawings))) if rate else 0
+        chosen = [garbage[i] for i in rng.permutation(len(garbage))[:extra]]
+        fake = [Drawing(g.strokes, int(rng.integers(10)), "garbage", g.writer) for g in chosen]
+        return [*drawings, *fake], np.concatenate([wrong, np.ones(len(fake), bool)])
+    n_wrong = round(rate * len(drawings))
+    new = labels.copy()
+    if attack == "random":
+        rows = rng.permutation(len(drawings))[:n_wrong]
+        new[rows] = (labels[rows] + rng.integers(1, 10, len(rows))) % 10
+    elif attack == "targeted":
+        sevens, others = np.flatnonzero(labels == 7), np.flatnonzero(labels != 7)
+        rows = np.concatenate([rng.permutation(sevens), rng.permutation(others)])[: max(n_wrong, 0)]
+        new[rows] = [LOOK_ALIKE[int(v)] for v in labels[rows]]
+    else:
+        raise ValueError(f"unknown attack {attack!r}")
+    wrong[rows] = True
+    return [Drawing(d.strokes, int(v), d.source, d.writer) for d, v in zip(drawings, new, strict=True)], wrong
+
+
+def writer_half(drawing: Drawing) -> int:
+    return int(hashlib.sha256(f"{drawing.source}/{drawing.writer}".encode()).hexdigest(), 16) % 2
+
+
+def run_once(args, work: Path, base, visitors, wrong, checks: bool, sets: dict, mnist_train) -> dict:
+    url = f"sqlite:///{work / 'feedback.db'}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the dashboard predicts one drawing at a time
+    store = FeedbackStore(url, queue_file=work / "queue.jsonl")
+    feedback.submit_drawings(store, base, visitors)
+    store.dispose()
+    torch.set_num_threads(threads)
+    ids = feedback.load_feedback(url)["submission_id"].tolist()  # oldest first: the visitors' order
+    injected = {ids[i] for i in np.flatnonzero(wrong)}
+    manifest = feedback.export_training_set(work / "export", url, check_labels=checks, models_dir=work / "models")
+    flagged = {e["submission_id"] for e in manifest["label_checks"]["suspect"] or []}
+    export = feedback.load_export(work / "export")
+    mix = feedback.training_mix(mnist_train, export.train, args.mnist_subset, args.oversample)
+    cfg = feedback.fine_tune_config(base, epochs=args.epochs, lr=args.lr, augment="none", negatives=0.0)
+    result = train(cfg, mix, None, progress=False)
+    candidate = load_model(save_training(result, work / "models" / "candidate"))
+    table = feedback.compare_models(
+        {"current": base, "candidate": candidate}, {**sets, "feedback_holdout": export.holdout}
+    )
+    gate = ("feedback_holdout", "mnist_test", "mnist_validation", "drawings")
+    decision = registry.decide(*({k: table.loc[k, who] for k in gate} for who in ("candidate", "current")))
+    shutil.rmtree(work / "models" / "candidate")
+    for path in (work / "feedback.db", work / "queue.jsonl"):
+        path.unlink(missing_ok=True)
+    hits = len(flagged & injected)
+    return {
+        "checks": checks,
+        "feedback": len(visitors),
+        "injected": len(injected),
+        "flagged": len(flagged) if checks else None,
+        "flag_precision": hits / len(flagged) if checks and flagged and injected else None,
+        "flag_recall": hits / len(injected) if checks and injected else None,
+        "current_unseen_accuracy": float(table.loc["unseen", "current"]),
+        "candidate_unseen_accuracy": float(table.loc["unseen", "candidate"]),
+        "trusted_changes": {k: round(v, 4) for k, v in decision.trusted_changes.items()},
+        "feedback_gain": round(decision.feedback_gain, 4),
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "train_seconds": round(result.train_seconds, 1),
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    sites = set(args.feedback_sites.split(","))
+    drawings = load_drawings(args.file)
+    visitors = [d for s in sorted(sites) for d in [d for d in drawings if d.source == s][: args.per_site]]
+    others = [d for d in drawings if d.source not in sites]
+    garbage = load_drawings(args.non_digits)
+    work = Path(tempfile.mkdtemp(prefix="poisoned-feedback-"))
+    shutil.copytree(args.base, work / "models" / "default")
+    base = load_model(work / "models" / "default")
+    mnist_train, mnist_validation = train_val_split(load_mnist("train"), 5000, seed=0)
+    sets = {
+        "mnist_test": load_mnist("test").head(args.mnist_test_size),
+        "mnist_validation": mnist_validation.head(args.mnist_validation_size),
+        "drawings": drawings_to_digits([d for d in others if writer_half(d) == 0]),  # the gate's pen-digit set
+        "unseen": drawings_to_digits([d for d in others if writer_half(d) == 1]),  # writers nobody looked at
+    }
+    plan = [("random", 0.0)] + [(a, float(r)) for a in args.attacks.split(",") for r in args.rates.split(",")]
+    runs = []
+    for attack, rate in plan:
+        for checks in (True,) if args.no_unchecked or rate == 0 else (True, False):
+            answered, wrong = poison(visitors, attack, rate, garbage, np.random.default_rng(0))
+            row = {
+                "attack": attack,
+                "rate": rate,
+                **run_once(args, work, base, answered, wrong, checks, sets, mnist_train),
+            }
+            runs.append(row)
+            print(f"{attack:<9} {rate:4.0%} checks {'on ' if checks else 'off'} flagged {row['flagged']} "
+                  f"(P {_pct(row['flag_precision'])}, R {_pct(row['flag_recall'])}) unseen "
+                  f"{row['current_unseen_accuracy']:.2%} -> {row['candidate_unseen_accuracy']:.2%}: {row['reason']}",
+                  flush=True)  # fmt: skip
+    shutil.rmtree(work)
+    clean_gain = runs[0]["candidate_unseen_accuracy"] - runs[0]["current_unseen_accuracy"]
+    summary = {
+        "base": base.version,
+        "feedback_sites": sorted(sites),
+        "unseen_writers": len(sets["unseen"]),
+        "gate_pen_digits": len(sets["drawings"]),
+        "clean_gain": clean_gain,
+        "seconds": round(time.perf_counter() - start, 1),
+        "runs": runs,
+    }
+    print(f"{len(runs)} runs in {summary['seconds']:.0f} s; clean candidate's gain on unseen writers {clean_gain:+.2%}")
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
+        print(json.dumps({"runs": runs}))
+    return summary
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+if __name__ == "__main__":
+    main()
