@@ -39,6 +39,7 @@ from digitlib.store import FeedbackStore, png_to_image, prediction_logs, redact_
 SUMMARY_COLUMNS = [
     "id", "submission_id", "created_at", "model_version", "predicted", "confidence", "probabilities",
     "true_label", "canvas_size", "session_id", "not_digit", "rejected", "not_digit_probability",
+    "label_source",
 ]  # fmt: skip
 MANIFEST_FILE = "manifest.json"
 SPLIT_FILES = {"train": "train.npz", "holdout": "holdout.npz"}
@@ -69,6 +70,8 @@ def load_feedback(url: str | None = None, images: bool = False, strokes: bool = 
     Adds `correct` (the visitor said the model was right: its digit when it answered a digit,
     "not a digit" when it rejected the drawing). `images=True` adds `image`, the
     28x28 uint8 model input decoded from its PNG; `strokes=True` adds the drawing's strokes.
+    `label_source` ("prompt", "confirmed", "corrected") is derived from `correct` for a database
+    from before revision 0004, as that migration backfills it.
     A missing SQLite file or table is an empty frame, and is not created by reading.
     """
     url = resolve_database_url(url or config.DATABASE_URL.get())
@@ -78,9 +81,11 @@ def load_feedback(url: str | None = None, images: bool = False, strokes: bool = 
         return empty
     store = FeedbackStore(url, timeouts=False)  # an analysis may read for longer than a visitor waits
     try:
-        if not inspect(store.engine).has_table(prediction_logs.name):
+        inspector = inspect(store.engine)
+        if not inspector.has_table(prediction_logs.name):
             return empty
-        query = select(*(prediction_logs.c[c] for c in columns)).order_by(prediction_logs.c.id)
+        present = {c["name"] for c in inspector.get_columns(prediction_logs.name)}
+        query = select(*(prediction_logs.c[c] for c in columns if c in present)).order_by(prediction_logs.c.id)
         with store.engine.connect() as connection:
             frame = pd.DataFrame([dict(r._mapping) for r in connection.execute(query)], columns=columns)
     except SQLAlchemyError as e:
@@ -96,6 +101,8 @@ def load_feedback(url: str | None = None, images: bool = False, strokes: bool = 
         frame[flag] = frame[flag].astype(bool)  # SQLite may hand back 0/1
     answered_digit = ~frame["rejected"] & ~frame["not_digit"] & (frame["predicted"] == frame["true_label"])
     frame["correct"] = answered_digit | (frame["rejected"] & frame["not_digit"])
+    source = frame["label_source"].astype(object)  # all missing (float NaN) before revision 0004
+    frame["label_source"] = source.where(source.notna(), np.where(frame["correct"], "confirmed", "corrected"))
     if images:
         frame["image"] = [png_to_image(bytes(png)) for png in frame["image"]]
     return frame

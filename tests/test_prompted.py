@@ -120,6 +120,24 @@ def test_prompts_go_on_while_the_database_is_down_and_the_answer_is_queued(model
     down.dispose()
 
 
+def test_load_feedback_returns_the_label_source_even_from_before_revision_0004(tmp_path, sqlite_url):
+    from digitlib import migrations
+    from digitlib.feedback import load_feedback
+
+    store = FeedbackStore(sqlite_url, queue_file=tmp_path / "queue.jsonl")
+    store.submit(make_feedback(label=4, label_source="prompt"))
+    store.submit(make_feedback(label=7))
+    assert load_feedback(sqlite_url)["label_source"].tolist() == ["prompt", "confirmed"]
+
+    store.submit(make_feedback(label=1))
+    with store.engine.begin() as c:  # an older database: the prompted row cannot be there
+        c.exec_driver_sql("DELETE FROM prediction_logs WHERE label_source = 'prompt'")
+    migrations.downgrade(store.engine, "0003")
+    store.dispose()
+    frame = load_feedback(sqlite_url)
+    assert frame["label_source"].tolist() == ["confirmed", "corrected"]  # as the migration backfills
+
+
 # --- in a browser -----------------------------------------------------------------------------
 
 
