@@ -407,7 +407,8 @@ def run(args, drive=drive_protocol) -> dict:
             "server_cpu_per_visitor_s": round(monitor.cpu_total / max(1, len(opens)), 2),
             "kernel_start_cpu_s": round(float(np.median(start_cpu)), 2) if start_cpu else None,
         }
-        if monitor.limit_hit_at:
+        if monitor.limit_hit_at:  # the server was stopped: its CPU figures are gone with it
+            result |= {"server_cpu_s": None, "server_process_cpu_s": None, "server_cpu_per_visitor_s": None}
             t, rss, kernels = monitor.limit_hit_at
             result["stopped_over_rss"] = {
                 "after_s": round(t - started, 1),
