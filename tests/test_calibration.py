@@ -66,6 +66,14 @@ def test_the_operating_point_comes_from_the_metadata_on_both_sides(eleven):
     assert torch_model.is_not_digit(torch.from_numpy(values)).tolist() == [False, True, True]
 
 
+def test_the_onnx_file_itself_records_the_calibration_and_the_operating_point(eleven):
+    import onnx
+
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(eleven / "model.onnx")).metadata_props}
+    assert props["rejection"]["threshold"] == 0.5
+    assert props["calibration"] == CALIBRATION
+
+
 def test_a_ten_output_model_never_says_not_a_digit(tmp_path):
     torch.manual_seed(0)
     directory = save_model(

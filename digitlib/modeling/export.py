@@ -47,6 +47,7 @@ PROBABILITY_TOLERANCE = 1e-4
 # have such ties; trained models practically never). Ties are counted in the metadata.
 TIE = 1e-6
 TEMPERATURE = "temperature"
+GRAPH_PROPS = ("calibration", "rejection")  # metadata entries also kept in the ONNX file's metadata_props
 log = logging.getLogger(__name__)
 
 
@@ -102,6 +103,17 @@ def export_graph(model: nn.Module, metadata: dict, path: Path) -> None:
     for logger, level in zip(quiet, levels, strict=True):
         logger.setLevel(level)
     program.save(str(path), external_data=False)
+
+
+def record_in_graph(path: Path, metadata: dict) -> None:
+    """Write the calibration and the not-digit operating point into the ONNX file's metadata_props too,
+    so the file alone says how its outputs were calibrated and where "not a digit" starts."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    props = {key: json.dumps(metadata.get(key)) for key in GRAPH_PROPS}
+    onnx.helper.set_model_props(graph, props)
+    onnx.save(graph, str(path))
 
 
 # --- the check -------------------------------------------------------------------------------
@@ -187,6 +199,7 @@ def export_onnx(directory: str | Path, check_limit: int | None = None) -> dict:
     temporary = directory / f".{ONNX_FILE}.{os.getpid()}.tmp"
     try:
         export_graph(loaded.model, loaded.metadata, temporary)
+        record_in_graph(temporary, loaded.metadata)
         checked = compare(loaded.model, loaded.metadata, temporary, check_sets(check_limit))
         opset = next(
             o.version
