@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from digitlib import config, feedback, registry
@@ -95,7 +96,7 @@ def writer_half(drawing: Drawing) -> int:
     return int(hashlib.sha256(f"{drawing.source}/{drawing.writer}".encode()).hexdigest(), 16) % 2
 
 
-def run_once(args, work: Path, base, visitors, wrong, checks: bool, sets: dict, mnist_train) -> dict:
+def run_once(args, work: Path, base, visitors, wrong, checks: bool, sets: dict, current_table, mnist_train) -> dict:
     url = f"sqlite:///{work / 'feedback.db'}"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the dashboard predicts one drawing at a time
@@ -112,9 +113,10 @@ def run_once(args, work: Path, base, visitors, wrong, checks: bool, sets: dict, 
     cfg = feedback.fine_tune_config(base, epochs=args.epochs, lr=args.lr, augment="none", negatives=0.0)
     result = train(cfg, mix, None, progress=False)
     candidate = load_model(save_training(result, work / "models" / "candidate"))
-    table = feedback.compare_models(
-        {"current": base, "candidate": candidate}, {**sets, "feedback_holdout": export.holdout}
-    )
+    # the current model's figures on the fixed sets are measured once (current_table), the candidate's every run
+    table = feedback.compare_models({"candidate": candidate}, {**sets, "feedback_holdout": export.holdout})
+    holdout = feedback.compare_models({"current": base}, {"feedback_holdout": export.holdout})
+    table["current"] = pd.concat([current_table["current"], holdout["current"]])
     gate = ("feedback_holdout", "mnist_test", "mnist_validation", "drawings")
     decision = registry.decide(*({k: table.loc[k, who] for k in gate} for who in ("candidate", "current")))
     shutil.rmtree(work / "models" / "candidate")
@@ -156,6 +158,7 @@ def main(argv=None) -> dict:
         "drawings": drawings_to_digits([d for d in others if writer_half(d) == 0]),  # the gate's pen-digit set
         "unseen": drawings_to_digits([d for d in others if writer_half(d) == 1]),  # writers nobody looked at
     }
+    current_table = feedback.compare_models({"current": base}, sets)
     plan = [("random", 0.0)] + [(a, float(r)) for a in args.attacks.split(",") for r in args.rates.split(",")]
     runs = []
     for attack, rate in plan:
@@ -164,7 +167,7 @@ def main(argv=None) -> dict:
             row = {
                 "attack": attack,
                 "rate": rate,
-                **run_once(args, work, base, answered, wrong, checks, sets, mnist_train),
+                **run_once(args, work, base, answered, wrong, checks, sets, current_table, mnist_train),
             }
             runs.append(row)
             print(f"{attack:<9} {rate:4.0%} checks {'on ' if checks else 'off'} flagged {row['flagged']} "
