@@ -38,7 +38,7 @@ import torch
 from digitlib import config, feedback, registry
 from digitlib.dataset import load_mnist, train_val_split
 from digitlib.drawings import Drawing, drawings_to_digits, load_drawings
-from digitlib.modeling.checkpoint import load_model
+from digitlib.modeling.checkpoint import load_model, outputs_of
 from digitlib.modeling.train import save_training, train
 from digitlib.store import FeedbackStore
 
@@ -110,7 +110,9 @@ def run_once(args, work: Path, base, visitors, wrong, checks: bool, sets: dict, 
     flagged = {e["submission_id"] for e in manifest["label_checks"]["suspect"] or []}
     export = feedback.load_export(work / "export")
     mix = feedback.training_mix(mnist_train, export.train, args.mnist_subset, args.oversample)
-    cfg = feedback.fine_tune_config(base, epochs=args.epochs, lr=args.lr, augment="none", negatives=0.0)
+    # a base with a not-digit output keeps it (generated negatives); a 10-output one stays 10 (faster)
+    negatives = {} if outputs_of(base.metadata) > 10 else {"negatives": 0.0}
+    cfg = feedback.fine_tune_config(base, epochs=args.epochs, lr=args.lr, augment="none", **negatives)
     result = train(cfg, mix, None, progress=False)
     candidate = load_model(save_training(result, work / "models" / "candidate"))
     # the current model's figures on the fixed sets are measured once (current_table), the candidate's every run

@@ -9,9 +9,9 @@ judged by the newest version in the current lineage that cannot have seen it (fo
 retrain: the current model for new rows, models/default for older ones); `judged_by` says which.
 
 Besides cleanlab, a row is suspect when the judge answers "not a digit" for a drawing labelled
-a digit (scribbles passed off as digits), and when it comes from a suspect session: one whose
-answers keep disagreeing with the model (with the prompts' column `label_source`, when the
-store has it, the disagreement of prompted answers is reported too).
+a digit other than its best digit guess (scribbles passed off as digits), and when it comes
+from a suspect session: one whose answers keep disagreeing with the model (with the prompts'
+column `label_source`, when the store has it, the disagreement of prompted answers is reported too).
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def check_labels(
         rows["label_source"] = list(label_source)
     sessions = _session_table(rows, disagrees, min_session_rows, session_disagreement)
     in_suspect_session = rows["session_id"].map(sessions["suspect"]).to_numpy(bool)
-    reason = np.where(issue, REASON_LABEL, np.where(rejected, REASON_NOT_DIGIT, ""))
+    # a rejected drawing whose best digit is its label stays: calibrated models reject some real zeros as "O"
+    reason = np.where(issue, REASON_LABEL, np.where(rejected & disagrees, REASON_NOT_DIGIT, ""))
     reason = np.where((reason == "") & in_suspect_session & disagrees, REASON_SESSION, reason)
     rows["suspect"] = reason != ""
     rows["reason"] = reason

@@ -63,10 +63,17 @@ def test_a_session_that_keeps_disagreeing_is_suspect_and_its_doubtful_rows_go():
 
 def test_a_drawing_the_model_calls_not_a_digit_is_suspect_whatever_its_label():
     truth = np.arange(50) % 10
+    given = truth.copy()
+    given[[3, 7]] = [5, 2]  # scribbles labelled as digits the model does not see in them
+    probabilities = peaked(truth)
+    probabilities[[3, 7]] = 0.1  # no digit stands out: cleanlab alone would not call these
     not_digit = np.zeros(50, bool)
-    not_digit[[3, 7]] = True
-    report = label_checks.check_labels(truth, peaked(truth), ["s"] * 50, not_digit=not_digit)
-    assert report.rows.loc[report.suspect, "reason"].tolist() == [label_checks.REASON_NOT_DIGIT] * 2
+    not_digit[[3, 7, 10]] = True  # 10: a rejected drawing whose best digit is its label (a round 0) stays
+    report = label_checks.check_labels(given, probabilities, ["s"] * 50, not_digit=not_digit)
+    assert report.rows.loc[report.suspect, "reason"].to_dict() == {
+        3: label_checks.REASON_NOT_DIGIT,
+        7: label_checks.REASON_NOT_DIGIT,
+    }
 
 
 def test_shapes_are_checked():
