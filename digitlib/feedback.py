@@ -430,6 +430,8 @@ def fine_tune_config(base: LoadedModel, **overrides) -> TrainConfig:
         "schedule": "cosine",
         "augment": "light",
         "val_size": 0,
+        # Keep the base's outputs: a 10-output base stays one, an 11-output one keeps learning "not a digit".
+        "negatives": TrainConfig.negatives if base.metadata.get("outputs", 10) > 10 else 0.0,
         **overrides,
     }
     return TrainConfig(**settings)
