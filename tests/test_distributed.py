@@ -19,7 +19,7 @@ WORKER = textwrap.dedent(
     from digitlib.dataset import load_mnist
     from digitlib.modeling.train import TrainConfig, train
     dist.init_process_group("gloo")
-    cfg = TrainConfig(arch="seed", epochs=1, batch_size=50, augment="draw", train_subset=1000, threads=1)
+    cfg = TrainConfig(arch="seed", epochs=1, batch_size=50, augment="draw", train_subset=1000, threads=1, negatives=0.0)
     result = train(cfg, load_mnist("train"), progress=False)
     rank = dist.get_rank()
     torch.save(result.model.state_dict(), f"{sys.argv[1]}/rank{rank}.pt")
