@@ -32,7 +32,8 @@ def main() -> None:
     model = load_model(args.model)
     drawings = load_drawings(args.file)
     ours = evaluate_drawings(model, drawings)
-    shrunk = Digits(torch.from_numpy(np.stack([resize_canvas_directly(d.strokes) for d in drawings])), ours.digits.labels)
+    shrunk_images = np.stack([resize_canvas_directly(d.strokes) for d in drawings])
+    shrunk = Digits(torch.from_numpy(shrunk_images), ours.digits.labels)
     baseline = evaluate(model, shrunk).accuracy
 
     summary = ours.summary()

@@ -208,7 +208,8 @@ def retrain_case(tmp_path, request):
     def check():
         report = json.loads((tmp_path / "f" / "ci" / "retrain.json").read_text())
         table = report["table"]
-        assert set(table["n"]) == {"mnist_test", "feedback_holdout", "mnist_validation", "drawings"} and table["n"]["mnist_test"] == 2000
+        assert set(table["n"]) == {"mnist_test", "feedback_holdout", "mnist_validation", "drawings"}
+        assert table["n"]["mnist_test"] == 2000
         decision = registry.decide(
             {k: table["candidate"][k] for k in table["n"]}, {k: table["current"][k] for k in table["n"]}, 0.002
         )

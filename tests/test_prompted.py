@@ -120,7 +120,7 @@ def test_prompts_go_on_while_the_database_is_down_and_the_answer_is_queued(model
     down.dispose()
 
 
-def test_load_feedback_returns_the_label_source_even_from_before_revision_0004(tmp_path, sqlite_url):
+def test_load_feedback_returns_the_label_source_even_from_before_revision_0004(tmp_path, sqlite_url):  # noqa: F811
     from digitlib import migrations
     from digitlib.feedback import load_feedback
 
