@@ -79,10 +79,12 @@ def test_a_simulated_prompted_session_stores_the_prompts_labels_and_their_source
 
 
 def test_prompts_balance_the_classes_then_target_the_models_errors(store):
-    # Every digit has two answers except 3 and 8 with one each; the model got the 8 wrong.
+    # Every digit has two answers except 3 and 8 with one each; the model got only the 8 wrong.
     for digit in range(10):
+        predicted = 7 if digit == 8 else digit
+        probabilities = [0.9 if d == predicted else 0.1 / 9 for d in range(10)]
         for _ in range(1 if digit in (3, 8) else 2):
-            store.submit(make_feedback(label=digit))
+            store.submit(make_feedback(label=digit, probabilities=probabilities))
     picker = PromptPicker(store)
     assert picker.next() == 8  # fewest answers; among those, the one the model gets wrong
     picker.record(8)
