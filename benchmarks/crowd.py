@@ -37,10 +37,10 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dashboard_server import free_port, running_voila, stop_group, wait_until_listening  # noqa: E402
 from voila_client import Visitor  # noqa: E402
 
 from digitlib import config  # noqa: E402
-from digitlib.dashboard_server import free_port, running_voila, stop_group, wait_until_listening  # noqa: E402
 
 # Caps a server may put on kernels (all simulated visitors share one address); raised for the
 # run unless set by the caller, so the benchmark measures the machine rather than the cap.

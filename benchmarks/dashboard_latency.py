@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+from dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
 
 from digitlib import config
 from digitlib.dashboard import predict_strokes
-from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
 from digitlib.drawings import load_drawings
 from digitlib.modeling.checkpoint import load_model
 from digitlib.modeling.train import hardware_name

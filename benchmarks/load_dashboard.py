@@ -24,9 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import crowd  # noqa: E402
+from dashboard_server import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from voila_client import Visit  # noqa: E402
-
-from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 PAGE_TIMEOUT_MS = 180_000
 CANVAS_READY = """() => { const c = document.querySelector('canvas.digit-canvas');

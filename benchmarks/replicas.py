@@ -1,6 +1,6 @@
 """Dashboard replicas behind Caddy without Docker, and a crowd through them.
 
-`running_replicas` starts N Voilà servers (as digitlib.dashboard_server does, each with its own
+`running_replicas` starts N Voilà servers (as dashboard_server.py does, each with its own
 log) and Debian's caddy running the project's Caddyfile in plain HTTP in front of them
 (DASHBOARD_UPSTREAMS naming each): tests/test_replicas.py and this benchmark share it.
 
@@ -34,8 +34,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dashboard_server import NOTEBOOK, free_port, stop_group, wait_until_listening
+
 from digitlib import config
-from digitlib.dashboard_server import NOTEBOOK, free_port, stop_group, wait_until_listening
 
 CADDY = "/usr/bin/caddy"
 CADDYFILE = config.PROJ_ROOT / "Caddyfile"
@@ -68,7 +69,7 @@ def probe(url: str, timeout: float = 5) -> tuple[int, str]:
 
 
 def start_replica(port: int, env: dict, log: Path, extra_args=()) -> subprocess.Popen:
-    """A Voilà server as digitlib.dashboard_server starts one, its log kept (the replica's own record)."""
+    """A Voilà server as dashboard_server.py starts one, its log kept (the replica's own record)."""
     command = [sys.executable, "-m", "voila", str(NOTEBOOK), f"--port={port}", "--no-browser", *extra_args]
     with log.open("wb") as out:
         return subprocess.Popen(

@@ -27,8 +27,9 @@ import websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dashboard_server import running_voila  # noqa: E402
+
 from digitlib import config  # noqa: E402
-from digitlib.dashboard_server import running_voila  # noqa: E402
 from digitlib.voila_guard import V1  # noqa: E402
 
 HOSTILE = bytes.fromhex("ffffff0f") + bytes(12)

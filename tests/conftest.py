@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# Tests share the benchmarks' helpers (benchmarks/dashboard_server.py, voila_client.py...): benchmarks
+# run as scripts, so their folder, not a package, is what makes them importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 # Models saved by tests (tiny or random weights) check their ONNX export on the first 1000 images
 # of each set, not all 14,657; the committed models/default was checked on everything.

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
 from tiny_model import tiny_model_dir
 
 from digitlib import config
-from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
 from digitlib.store import FeedbackStore
 from digitlib.voila_guard import DISCONNECT_GRACE_S
 

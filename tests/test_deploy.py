@@ -478,7 +478,7 @@ def test_caddy_forwards_the_visitors_address_and_pins_it_to_a_replica(tmp_path):
     import urllib.request
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from digitlib.dashboard_server import free_port
+    from dashboard_server import free_port
 
     class Echo(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's name)

@@ -14,12 +14,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
 from test_browser import wait_for_text
 from tiny_model import tiny_model_dir
 
 from digitlib import config
 from digitlib.dashboard import CSS, TOUCH_PX, label_class
-from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
 from digitlib.preprocess import CANVAS_SIZE
 from digitlib.store import FeedbackStore
 

@@ -145,7 +145,7 @@ def test_load_feedback_returns_the_label_source_even_from_before_revision_0004(t
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from digitlib.dashboard_server import running_voila
+    from dashboard_server import running_voila
 
     model = tiny_model_dir(tmp_path_factory)
     database = tmp_path_factory.mktemp("prompted-db") / "feedback.db"
@@ -157,11 +157,11 @@ def server(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_prompted_drawing_in_the_browser(server):
+    from dashboard_server import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
     from test_browser import draw as draw_in_page
     from test_browser import wait_for_text
 
-    from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS
     from digitlib.drawings import load_drawings
 
     pen = Path(config.DRAWINGS_FILE.get())

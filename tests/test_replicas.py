@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
+from dashboard_server import CHROMIUM, CHROMIUM_ARGS, stop_group
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from tiny_model import tiny_model_dir
 
 from digitlib import config
-from digitlib.dashboard_server import CHROMIUM, CHROMIUM_ARGS, stop_group
 
 sys.path.insert(0, str(config.PROJ_ROOT / "benchmarks"))
 import replicas as replica_stack  # noqa: E402  (benchmarks/replicas.py: the stack both start)

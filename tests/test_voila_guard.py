@@ -18,11 +18,11 @@ from types import SimpleNamespace
 
 import pytest
 import requests
+from dashboard_server import running_voila
 from jupyter_server.services.kernels.connection.base import deserialize_msg_from_ws_v1, serialize_msg_to_ws_v1
 from tiny_model import tiny_model_dir
 
 from digitlib import config
-from digitlib.dashboard_server import running_voila
 from digitlib.voila_guard import (
     DISCONNECT_GRACE_S,
     MAX_SOCKETS_PER_KERNEL,

@@ -1,7 +1,8 @@
-"""Start and stop the Voilà dashboard server as a subprocess.
+"""Start and stop the Voilà dashboard server as a subprocess (test and benchmark infrastructure).
 
-Tests and benchmarks start the real server the way `make dashboard` does (voila.json:
-preheated kernels), in a process group of its own so that stopping it takes the kernels too.
+Tests (tests/conftest.py puts this folder on sys.path) and benchmarks start the real server the
+way `make dashboard` does (voila.json: preheated kernels), in a process group of its own so that
+stopping it takes the kernels too.
 """
 
 from __future__ import annotations
