@@ -192,9 +192,4 @@ def augment_batch(
     return x
 
 
-def describe(aug: Augmentation) -> str:
-    on = [f"{k}={v:g}" for k, v in aug.to_dict().items() if v]
-    return ", ".join(on) if on else "none"
-
-
-__all__ = ["Augmentation", "PRESETS", "augment_batch", "get_augmentation", "describe"]
+__all__ = ["Augmentation", "PRESETS", "augment_batch", "get_augmentation"]

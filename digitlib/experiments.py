@@ -443,3 +443,29 @@ def _run_labels(table: pd.DataFrame, runs: list[dict]) -> list[str]:
         for run in runs
         if run["run_name"] in set(table["run_name"])
     ]
+
+
+# --- judging recipes on writers they never met -----------------------------------------------
+
+
+def leave_one_site_out(per_site: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """For each site, the recipe best on the other sites (mean of their accuracies) and its accuracy there.
+
+    `per_site` maps recipe -> site -> accuracy; every recipe must cover the same sites. The
+    figure a site gets is that of a choice made without looking at it: an honest estimate of
+    how the selection procedure does on writers it never met. Ties go to the recipe listed first.
+    """
+    if not per_site:
+        raise ValueError("no recipes to choose from")
+    sites = sorted(next(iter(per_site.values())))
+    for name, accuracies in per_site.items():
+        if sorted(accuracies) != sites:
+            raise ValueError(f"recipe {name!r} covers sites {sorted(accuracies)}, not {sites}")
+    if len(sites) < 2:
+        raise ValueError("leaving a site out needs at least two sites")
+    out = {}
+    for held_out in sites:
+        others = [s for s in sites if s != held_out]
+        chosen = max(per_site, key=lambda name: sum(per_site[name][s] for s in others) / len(others))
+        out[held_out] = {"recipe": chosen, "accuracy": per_site[chosen][held_out]}
+    return out

@@ -205,3 +205,24 @@ def test_sweep_of_two_tiny_runs_and_a_failing_one_end_to_end(tmp_path, capsys):
     assert (reports / "tiny" / "broken.ipynb").is_file() and (reports / "tiny" / "broken.html").is_file()
     assert (reports / "figures" / "tiny" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert not (config.MODELS_DIR / "tiny-01").exists()
+
+
+def test_leave_one_site_out_judges_each_site_by_a_choice_made_on_the_others():
+    per_site = {
+        "steady": {"a": 0.97, "b": 0.97, "c": 0.97},
+        # Best on site a alone, poor elsewhere: chosen only where a is not being judged.
+        "lucky": {"a": 0.99, "b": 0.90, "c": 0.99},
+    }
+    rotated = experiments.leave_one_site_out(per_site)
+    assert rotated["a"] == {"recipe": "steady", "accuracy": 0.97}  # others: steady 0.97 vs lucky 0.945
+    assert rotated["b"] == {"recipe": "lucky", "accuracy": 0.90}  # others: lucky 0.99 vs steady 0.97
+    assert rotated["c"] == {"recipe": "steady", "accuracy": 0.97}
+
+
+def test_leave_one_site_out_refuses_recipes_on_different_sites():
+    with pytest.raises(ValueError, match="covers sites"):
+        experiments.leave_one_site_out({"x": {"a": 1.0, "b": 1.0}, "y": {"a": 1.0}})
+    with pytest.raises(ValueError, match="at least two sites"):
+        experiments.leave_one_site_out({"x": {"a": 1.0}})
+    with pytest.raises(ValueError, match="no recipes"):
+        experiments.leave_one_site_out({})

@@ -164,6 +164,29 @@ def test_cli_reports_missing_model_clearly(tmp_path):
     assert done.returncode == 2 and "no model at" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_pen_redraw_and_stroke_digits_reach_the_batches(mnist_train, monkeypatch, tmp_path):
+    from digitlib import config
+    from digitlib.modeling import train as train_module
+    from digitlib.pen_style import redraw_images
+
+    monkeypatch.setattr(config, "DATA_DIR", tmp_path)  # caches go to tmp_path/cache
+    digits = mnist_train.head(200)
+    seen = []
+    real = train_module._to_model_input
+    monkeypatch.setattr(
+        train_module, "_to_model_input", lambda images, *a: seen.append(images.clone()) or real(images, *a)
+    )
+    cfg = small_config(train_subset=None, batch_size=500, redraw=1.0, stroke_digits=0.5, negatives=0.0)
+    result = train(cfg, digits, progress=False)
+    assert result.images_seen == 300  # 200 MNIST digits + 100 stroke digits
+    batch = seen[0]
+    redrawn = torch.from_numpy(redraw_images(digits.images.numpy(), 0, tmp_path / "cache"))
+    # Every MNIST digit in the batch is its pen re-drawing (redraw=1.0), never the scan itself.
+    matches = [any(torch.equal(image, r) for r in redrawn) for image in batch]
+    originals = [any(torch.equal(image, d) for d in digits.images) for image in batch]
+    assert sum(matches) == 200 and not any(originals)
+
+
 def test_recipes():
     from digitlib.modeling.train import RECIPES, recipe
 

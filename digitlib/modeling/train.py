@@ -58,6 +58,13 @@ class TrainConfig:
         "generated non-digit drawings (an 11th class, 'not a digit') as a share of the training images; 0: digits only",
         default=0.2,
     )
+    redraw: float = _help(
+        "chance that a training digit is shown re-drawn along its skeleton with a round pen (pen_style)", default=0.0
+    )
+    stroke_digits: float = _help(
+        "digits written in stroke space (stroke fonts, written variants; pen_style) as a share of the training images",
+        default=0.0,
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -267,6 +274,34 @@ VAL_NEGATIVES = 3_000
 CLEAN_TRAIN_LOSS_IMAGES = 5_000  # training images whose loss is also measured as the validation loss is
 
 
+STROKE_DIGIT_SEED = 4_000
+
+
+def with_stroke_digits(digits: Digits, share: float, seed: int) -> Digits:
+    """`digits` plus share * len(digits) digits written in stroke space (pen_style.stroke_digit_images)."""
+    from digitlib.pen_style import stroke_digit_images
+
+    n = round(share * len(digits))
+    if n <= 0:
+        return digits
+    images, labels = stroke_digit_images(n, seed + STROKE_DIGIT_SEED, config.DATA_DIR / "cache")
+    device = digits.images.device
+    return Digits(
+        torch.cat([digits.images, torch.from_numpy(images).to(device)]),
+        torch.cat([digits.labels, torch.from_numpy(labels).to(device)]),
+    )
+
+
+def redrawn_images(digits: Digits, share: float, seed: int) -> torch.Tensor | None:
+    """Each of `digits`' images re-drawn with a pen (pen_style.redraw_images), or None when `share` is 0."""
+    from digitlib.pen_style import redraw_images
+
+    if share <= 0:
+        return None
+    redrawn = redraw_images(digits.images.cpu().numpy(), seed, config.DATA_DIR / "cache")
+    return torch.from_numpy(redrawn).to(digits.images.device)
+
+
 def with_negatives(digits: Digits, share: float, seed: int) -> Digits:
     """`digits` plus share * len(digits) generated non-digit drawings labelled NOT_DIGIT (10)."""
     from digitlib.negatives import negative_images
@@ -343,7 +378,14 @@ def train(
     # The same digits, measured each epoch as the validation set is (no augmentation, no smoothing).
     clean_train = train_digits.head(CLEAN_TRAIN_LOSS_IMAGES)
     outputs = DIGITS + 1 if cfg.negatives > 0 else DIGITS
+    # Pen re-drawings of the MNIST digits; the images added below (stroke digits, negatives) are
+    # already pen drawings, so they stand in for their own.
+    redrawn = redrawn_images(train_digits, cfg.redraw, cfg.seed)
+    mnist_count = len(train_digits)
+    train_digits = with_stroke_digits(train_digits, cfg.stroke_digits, cfg.seed)
     train_digits = with_negatives(train_digits, cfg.negatives, cfg.seed)
+    if redrawn is not None:
+        redrawn = torch.cat([redrawn, train_digits.images[mnist_count:]])
     if val_digits is not None:
         val_digits = Digits(val_digits.images.to(device), val_digits.labels.to(device))
 
@@ -379,7 +421,11 @@ def train(
         for step in batches:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             y = train_digits.labels[idx]
-            x = _to_model_input(train_digits.images[idx], aug, aug_generator, y)
+            images = train_digits.images[idx]
+            if redrawn is not None:
+                pen = torch.rand(len(idx), device=device, generator=aug_generator) < cfg.redraw
+                images = torch.where(pen.view(-1, 1, 1), redrawn[idx], images)
+            x = _to_model_input(images, aug, aug_generator, y)
             logits, loss = training_step(net, opt, x, y, bf16, cfg.label_smoothing)
             if sched is not None:
                 sched.step()
