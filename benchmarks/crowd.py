@@ -2,8 +2,9 @@
 
 Each simulated visitor (benchmarks/voila_client.py) loads the page, opens its kernel's
 websocket and talks to the widgets as the real page does; it draws digits from the pen-digit
-set (replayed strokes at a pointer's 60 Hz), waits for each stroke's prediction, clicks the
-true label and waits for "Saved", then leaves (the page's shutdown beacon). Visitors arrive at
+set (each stroke drawn at a pointer's 60 Hz, sent at its end as the page does), waits for each
+stroke's prediction, clicks the true label and waits for "Saved", then leaves (the page's
+shutdown beacon). Visitors arrive at
 --rate a second. Reports visitors served, page open p50/p95/max, stroke end -> prediction
 p50/p95/p99/max, answers sent vs rows stored (each visitor's answers found exactly once among
 the rows of one session), RSS of the server plus kernels (peak total and per kernel) and CPU
@@ -204,10 +205,9 @@ def visitor_run(args, url: str, start_at: float, drawings: list[dict], seed: int
         return
     try:
         visitor.open()
-        for i, drawing in enumerate(drawings):
+        for drawing in drawings:
             time.sleep(rng.uniform(*args.think))
-            touch = args.touch_every > 0 and i % args.touch_every == args.touch_every - 1
-            visitor.draw(drawing["strokes"], touch=touch)
+            visitor.draw(drawing["strokes"])  # mouse, touch or pen: the page sends the same stroke message
             visitor.answer(drawing["label"], drawing["strokes"][0][0])
     except Exception as e:  # a timeout, a refused page, a dropped socket: what the visitor saw is the figure
         visitor.visit.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -450,7 +450,6 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    parser.add_argument("--touch-every", type=int, default=3, help="every Nth drawing with touch events (0: none)")
     parser.add_argument("--no-assets", action="store_true", help="skip the page's scripts and styles")
     args = parser.parse_args(argv)
     check_arguments(parser, args)

@@ -7,8 +7,8 @@
 2. A fresh interpreter importing the dashboard module and loading the model, as a visitor's
    kernel does: its RSS, wall time and CPU time, and whether torch got imported.
 3. In headless Chromium against a running Voilà server (voila.json: preheated kernels):
-   page open to an interactive canvas (its black background drawn, which happens once the
-   kernel answers the canvas), and mouse-up to the new prediction shown, over several strokes.
+   page open to an interactive canvas (its black background drawn by the page's pad once the
+   widgets are shown), and pointer-up to the new prediction shown, over several strokes.
 4. Kernel RSS per open dashboard session, and how many sessions fit in this machine's memory.
 
     .venv/bin/python benchmarks/dashboard_latency.py [--model DIR] [--strokes 15] [--pages 3] [--no-browser] [--json]
@@ -40,10 +40,10 @@ from digitlib.preprocess import strokes_to_input
 from digitlib.registry import resolve_model_dir
 from digitlib.serving import load_onnx_model
 
-# Marks mouse-up and the first change of the probability bars after it, in page time.
+# Marks pointer-up (when the pad sends the stroke) and the first change of the probability bars after it, in page time.
 WATCH_PREDICTIONS = """() => {
   window.__up = 0; window.__shown = 0;
-  document.addEventListener('mouseup', () => { window.__up = performance.now(); window.__shown = 0; }, true);
+  document.addEventListener('pointerup', () => { window.__up = performance.now(); window.__shown = 0; }, true);
   const bars = document.querySelector('.digit-bars').parentElement;
   new MutationObserver(() => { if (window.__up && !window.__shown) window.__shown = performance.now(); })
     .observe(bars, {childList: true, subtree: true, characterData: true});

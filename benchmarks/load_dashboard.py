@@ -9,7 +9,8 @@ Chromium instead. A browser costs a core of its own on a small machine, so keep 
     .venv/bin/python benchmarks/load_dashboard.py [--visitors 3] [--rate 1] [--think 2,3] [--drawings 5] [--json]
 
 Page open here includes the browser loading the page's scripts; stroke end -> prediction is
-mouse-up to the answer buttons enabled (the last thing the kernel's prediction updates).
+mouse-up to the pad's data-predicted count going up (the kernel sets it after the digit, bars
+and model input), as the protocol client waits for the same count.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from voila_client import Visit  # noqa: E402
 PAGE_TIMEOUT_MS = 180_000
 CANVAS_READY = """() => { const c = document.querySelector('canvas.digit-canvas');
   return c && c.getContext('2d').getImageData(2, 2, 1, 1).data[3] === 255; }"""
-ANSWERS_ENABLED = "(on) => { const b = document.querySelector('button.digit-correct'); return b && b.disabled !== on; }"
+PREDICTED = "() => Number(document.querySelector('canvas.digit-canvas').dataset.predicted)"
+PREDICTED_PAST = "(n) => Number(document.querySelector('canvas.digit-canvas').dataset.predicted) > n"
 # A stored answer clears the pad (the prompt returns) and says so in the status line, which may
 # repeat the previous answer's words; a refused one leaves the drawing and says why.
 ANSWERED = """() => { const text = (sel) => (document.querySelector(sel) || {innerText: ''}).innerText.trim();
@@ -40,18 +42,17 @@ MOVE_S = 0.016  # one pointer event a frame, as the protocol client paces its mo
 
 
 async def stroke(page, box, points, timeout_ms: float) -> float:
-    """Draw one stroke; ms from mouse-up to the prediction shown (the answer buttons enabled)."""
+    """Draw one stroke; ms from mouse-up to the prediction shown (the pad's predicted count up)."""
+    before = await page.evaluate(PREDICTED)
     x, y = points[0]
     await page.mouse.move(box["x"] + x, box["y"] + y)
     await page.mouse.down()
     for x, y in points[1:]:
         await asyncio.sleep(MOVE_S)
         await page.mouse.move(box["x"] + x, box["y"] + y)
-    # mouse-down disabled the answers; wait for that, so "enabled" below is this stroke's prediction
-    await page.wait_for_function(ANSWERS_ENABLED, arg=False, timeout=timeout_ms)
     await page.mouse.up()
     ended = time.monotonic()
-    await page.wait_for_function(ANSWERS_ENABLED, arg=True, timeout=timeout_ms)
+    await page.wait_for_function(PREDICTED_PAST, arg=before, timeout=timeout_ms, polling=5)
     return (time.monotonic() - ended) * 1000
 
 

@@ -5,16 +5,20 @@ the page's HTML names the kernel (`"kernelId"` in jupyter-config-data); the page
 GET /api/kernels/<id>, opens /api/kernels/<id>/channels with the subprotocol
 `v1.kernel.websocket.jupyter.org` (binary v1 frames), sends kernel_info_request, opens a
 `jupyter.widget.control` comm and asks it for every widget's state (`request_states`), closes
-that comm, then talks to the models by their ids: `client_ready` to the canvas, ipycanvas
-mouse/touch events to the canvas, `{"event": "click"}` to buttons, all as comm_msg on shell.
-On unload the page POSTs /voila/api/shutdown/<id> with the `_xsrf` cookie as a form field.
-The kernel answers with comm_msg updates on iopub; the answer buttons' `disabled: false`
-marks a prediction shown, the status line's "Saved" an answer stored.
+that comm, then talks to the models by their ids, all as comm_msg on shell: the drawing pad
+(digitlib.stroke_pad, an anywidget) sends `{"event": "client_ready"}` once it is shown and one
+`{"event": "stroke", "points": [x0, y0, ...]}` per stroke at pointer-up (mouse, touch and pen
+alike: the page draws the ink itself), buttons `{"event": "click"}`. The page sends no widget
+state. On unload it POSTs /voila/api/shutdown/<id> with the `_xsrf` cookie as a form field.
+The kernel answers with comm_msg updates on iopub; the pad's `predicted` count going up marks a
+prediction shown (it is set after the digit, bars and model input), the status line's "Saved"
+an answer stored.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import time
@@ -30,6 +34,9 @@ SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
 KERNEL_ID = re.compile(r'"kernelId":\s*"([0-9a-f-]{36})"')
 ASSET = re.compile(r'<(?:script|link)[^>]+(?:src|href)="(/[^"]+)"')
 PROTOCOL_VERSION = "5.2"  # what the page's @jupyterlab/services sends
+CANVAS_SIZE = 280  # what the page's pad clamps points to (digitlib.preprocess.CANVAS_SIZE)
+MIN_STEP = 1.0  # canvas px: the page skips pointer moves closer than this to the last point
+MAX_STROKE_POINTS = 1_000  # the page stops growing a stroke here (digitlib.stroke_pad)
 
 
 class VisitError(RuntimeError):
@@ -61,7 +68,7 @@ def decode_v1(frame: bytes) -> tuple[str, dict, dict, dict, dict, list[bytes]]:
 class Models:
     """The dashboard's widget model ids, found by their CSS classes in the widget state."""
 
-    canvas: str
+    pad: str
     prediction: str
     status: str
     correct: str
@@ -75,7 +82,7 @@ class Models:
                 by_class[css] = model_id
         try:
             return cls(
-                canvas=by_class["digit-canvas"],
+                pad=by_class["digit-pad"],
                 prediction=by_class["digit-prediction"],
                 status=by_class["digit-status"],
                 correct=by_class["digit-correct"],
@@ -114,6 +121,7 @@ class Visitor:
     """One page view: open, draw strokes, answer, close. Not thread-safe; one per thread."""
 
     def __init__(self, base_url: str, timeout: float = 60.0, fetch_assets: bool = True, move_interval_s=0.016):
+        """`move_interval_s`: the time between a stroke's points as drawn (60 Hz pointer events)."""
         self.base = base_url.rstrip("/") + "/"
         self.timeout, self.fetch_assets, self.move_interval_s = timeout, fetch_assets, move_interval_s
         self.http = requests.Session()
@@ -191,7 +199,7 @@ class Visitor:
     # --- what a visitor does ----------------------------------------------------------------
 
     def open(self, retry_until: float | None = None) -> float:
-        """Load the page until its canvas is drawn; returns seconds taken (also in visit.page_open_s)."""
+        """Load the page until its pad can be drawn on; returns seconds taken (also in visit.page_open_s)."""
         started = time.monotonic()
         retry_until = retry_until or started + self.timeout
         while True:
@@ -244,18 +252,10 @@ class Visitor:
         states = msg[4]["data"]["states"]
         self.models = Models.from_states(states)
         self._states = {mid: dict(m.get("state", {})) for mid, m in states.items()}
-        # The canvas draws its background on client_ready: ipycanvas' manager sends the commands.
-        self._comm(self.models.canvas, {"method": "custom", "content": {"event": "client_ready"}})
-        self._wait(lambda m: m[4].get("data", {}).get("method") == "custom" and m[5], "canvas background")
+        # The pad draws its own background; once shown it says so (a fresh kernel has nothing to send back).
+        self._comm(self.models.pad, {"method": "custom", "content": {"event": "client_ready"}})
         self.visit.page_open_s = time.monotonic() - started
         return self.visit.page_open_s
-
-    def _canvas(self, event: str, x: float, y: float, touch: bool) -> str:
-        if touch:
-            content = {"event": event, "touches": [{"x": x, "y": y}]}
-        else:
-            content = {"event": event, "x": x, "y": y}
-        return self._comm(self.models.canvas, {"method": "custom", "content": content})
 
     def _handled(self, msg_id: str, what: str) -> list[tuple[tuple, float]]:
         """Every message the kernel sent while handling `msg_id`, up to its idle status, with arrival times."""
@@ -278,22 +278,14 @@ class Visitor:
                 return arrived
         return None
 
-    def stroke(self, points, touch: bool = False) -> float:
-        """Draw one stroke at the pointer's pace; returns ms from its end to the prediction shown."""
-        x, y = points[0]
-        if touch:
-            self._canvas("touch_start", x, y, True)
-        else:
-            self._canvas("mouse_move", x, y, False)  # the pointer arrives before the button goes down
-            self._canvas("mouse_down", x, y, False)
-        for x, y in points[1:]:
-            self._pump(time.monotonic() + self.move_interval_s)
-            self._canvas("touch_move" if touch else "mouse_move", x, y, touch)
-        up = self._canvas("touch_end" if touch else "mouse_up", x, y, touch)
+    def stroke(self, points) -> float:
+        """Draw one stroke at the pointer's pace, send it as the page does at pointer-up; returns ms
+        from its end to the prediction shown."""
+        self._pump(time.monotonic() + self.move_interval_s * (len(points) - 1))  # the hand drawing it
+        up = self._comm(self.models.pad, {"method": "custom", "content": {"event": "stroke", "points": flat(points)}})
         ended = time.monotonic()
         handled = self._handled(up, "prediction")
-        # The answer buttons come on last, once the digit, bars and model input are shown.
-        shown = self._first_update(handled, self.models.correct, "disabled", False)
+        shown = self._first_update(handled, self.models.pad, "predicted")
         if shown is None:
             raise VisitError(
                 f"no prediction after a stroke: {_text(self._states[self.models.status].get('value', ''))}"
@@ -302,15 +294,14 @@ class Visitor:
         self.visit.predict_ms.append(ms)
         return ms
 
-    def draw(self, strokes, touch: bool = False) -> None:
+    def draw(self, strokes) -> None:
         for points in strokes:
-            self.stroke(points, touch)
+            self.stroke(points)
 
     def answer(self, label: int, first_point) -> bool:
-        """Click the label's button (leaving the canvas first, as a pointer does); True when saved."""
+        """Click the label's button; True when saved."""
         x, y = first_point
         self.visit.answers_sent.append((int(label), float(x), float(y)))
-        self._canvas("mouse_out", x, y, False)
         clicked = time.monotonic()
         click = self._comm(self.models.labels[int(label)], {"method": "custom", "content": {"event": "click"}})
         handled = self._handled(click, "answer")
@@ -343,6 +334,17 @@ class Visitor:
             except (OSError, websocket.WebSocketException):
                 pass
         self.http.close()
+
+
+def flat(points) -> list[float]:
+    """A stroke as the page sends it: x, y clamped to the canvas, 0.1 px, closer points than MIN_STEP skipped."""
+    out: list[float] = []
+    for x, y in points:
+        x, y = (round(min(max(float(v), 0.0), CANVAS_SIZE), 1) for v in (x, y))
+        if out and (math.dist(out[-2:], (x, y)) < MIN_STEP or len(out) >= 2 * MAX_STROKE_POINTS):
+            continue
+        out += [x, y]
+    return out
 
 
 def _text(value: str) -> str:

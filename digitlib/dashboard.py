@@ -1,9 +1,10 @@
 """The drawing dashboard: draw a digit, see the model's guess at once, tell it the truth.
 
-`DrawingPad` holds the strokes (no widgets); `Dashboard` wires an ipycanvas Canvas and a few
-ipywidgets to it, predicts at the end of every stroke through preprocess.strokes_to_input
-(the one path to the model's input) and stores answers with store.FeedbackStore. The
-handlers are plain methods, so tests drive them without a browser. The Voilà notebook
+`DrawingPad` holds the strokes (no widgets); `Dashboard` wires a StrokePad (the page draws the
+ink and sends each finished stroke once, digitlib.stroke_pad) and a few ipywidgets to it,
+predicts after every stroke through preprocess.strokes_to_input (the one path to the model's
+input) and stores answers with store.FeedbackStore. The handlers are plain methods, so tests
+drive them without a browser. The Voilà notebook
 (dashboards/digits.ipynb) only calls `build_dashboard()` and displays it.
 
 Besides free drawing there is prompted drawing ("Draw a 4", as Quick, Draw! and UNIPEN
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 
 import ipywidgets as widgets
 import numpy as np
-from ipycanvas import Canvas, hold_canvas
 
 from digitlib.limits import TokenBucket, submission_limit
 from digitlib.preprocess import (
@@ -41,18 +41,20 @@ from digitlib.preprocess import (
 from digitlib.registry import LiveModel
 from digitlib.serving import CheckpointError, OnnxModel, load_onnx_model
 from digitlib.store import NOT_A_DIGIT, FeedbackError, FeedbackStore, StoreConfigError, image_to_png
+from digitlib.stroke_pad import StrokePad, unflatten
 
 log = logging.getLogger(__name__)
 
 PROMPT = "Draw a digit"
 PROMPT_HTML = f'<span style="font-size: 28px; font-weight: 400">{PROMPT}</span>'
-MIN_STEP = 1.0  # canvas px: closer mouse moves add no information, only points
+MIN_STEP = 1.0  # canvas px: closer pointer moves add no information, only points
 PREVIEW_PX = 112  # the 28x28 model input shown 4x, pixel for pixel
 BLANK_PREVIEW = image_to_png(np.zeros((MNIST_SIZE, MNIST_SIZE), np.uint8))
 
 # Stable hooks for browser tests (listed in the README).
 CSS = {
-    "canvas": "digit-canvas",
+    "canvas": "digit-canvas",  # the <canvas> element itself
+    "pad": "digit-pad",  # the drawing pad widget around it (its model carries this class)
     "prediction": "digit-prediction",
     "correct": "digit-correct",
     "clear": "digit-clear",
@@ -75,7 +77,7 @@ STYLE = f"""<style>
 .digit-dashboard .digit-status .widget-html-content {{ font-size: 16px; }}
 .digit-dashboard .digit-preview {{ image-rendering: pixelated; border: 1px solid #888; }}
 .digit-dashboard canvas.digit-canvas {{ touch-action: none; cursor: crosshair; border: 1px solid #444;
-  width: {CANVAS_SIZE}px; height: {CANVAS_SIZE}px; flex: none; }}
+  box-sizing: border-box; width: {CANVAS_SIZE}px; height: {CANVAS_SIZE}px; flex: none; display: block; }}
 /* Rows wrap instead of squeezing: on a phone the panel goes under the canvas, buttons keep their labels. */
 .digit-dashboard .digit-row {{ flex-wrap: wrap; gap: 8px 24px; align-items: flex-start; }}
 .digit-dashboard .digit-answers, .digit-dashboard .digit-buttons {{ flex-wrap: wrap; gap: 4px; align-items: center; }}
@@ -114,7 +116,6 @@ class DrawingPad:
     def __init__(self, size: int = CANVAS_SIZE):
         self.size = size
         self.strokes: list[list[tuple[float, float]]] = []
-        self.drawing = False
         self.drawing_id = uuid.uuid4().hex
 
     @property
@@ -136,35 +137,21 @@ class DrawingPad:
         # A stroke that leaves the canvas continues along its edge, as the visitor sees it.
         return min(max(x, 0.0), self.size), min(max(y, 0.0), self.size)
 
-    def begin(self, x, y) -> bool:
-        """Start a stroke; False when the drawing already has as many strokes or points as allowed."""
-        point = self._point(x, y)
-        if point is None or len(self.strokes) >= MAX_STROKES or self.points >= MAX_POINTS:
-            return False
-        if self.drawing:  # a stroke whose end we never heard of
-            self.end()
-        self.strokes.append([point])
-        self.drawing = True
-        return True
-
-    def extend(self, x, y) -> tuple[float, float] | None:
-        """Add a point to the current stroke; returns the previous point when one was added."""
-        point = self._point(x, y)
-        if not self.drawing or point is None or self.points >= MAX_POINTS:
-            return None
-        last = self.strokes[-1][-1]
-        if math.dist(last, point) < MIN_STEP:
-            return None
-        self.strokes[-1].append(point)
-        return last
-
-    def end(self) -> bool:
-        """End the current stroke; True when there was one (a prediction is due)."""
-        was_drawing, self.drawing = self.drawing, False
-        return was_drawing
+    def add_stroke(self, points) -> str:
+        """Add a finished stroke of (x, y) points; returns "" or why it was refused (nothing changed then)."""
+        if len(self.strokes) >= MAX_STROKES or self.points >= MAX_POINTS:
+            return f"That is enough ink for one digit (at most {MAX_STROKES} strokes)."
+        stroke: list[tuple[float, float]] = []
+        for x, y in points:
+            point = self._point(x, y)
+            if point is None:
+                return "That stroke could not be read, so it was not added. Please draw it again."
+            if not stroke or math.dist(stroke[-1], point) >= MIN_STEP:
+                stroke.append(point)
+        self.strokes.append(stroke[: MAX_POINTS - self.points])
+        return ""
 
     def undo(self) -> bool:
-        self.drawing = False
         if not self.strokes:
             return False
         self.strokes.pop()
@@ -173,7 +160,7 @@ class DrawingPad:
         return True
 
     def clear(self) -> None:
-        self.strokes, self.drawing = [], False
+        self.strokes = []
         self.drawing_id = uuid.uuid4().hex
 
     def as_lists(self) -> list[list[list[float]]]:
@@ -323,8 +310,6 @@ class Dashboard:
         self._build_widgets()
         self._connect()
         self._show_prediction()
-        # No drawing here: commands sent before a browser shows the canvas are lost, and with
-        # them ipycanvas' note of which canvas is current. The background comes on client_ready.
 
     @property
     def model(self) -> OnnxModel:
@@ -337,8 +322,16 @@ class Dashboard:
 
     def _build_widgets(self) -> None:
         size = f"{CANVAS_SIZE}px"
-        self.canvas = Canvas(width=CANVAS_SIZE, height=CANVAS_SIZE, layout=widgets.Layout(width=size, height=size))
-        self.canvas.add_class(CSS["canvas"])
+        self.canvas = StrokePad(
+            size=CANVAS_SIZE,
+            background=self.brush.background,
+            ink=self.brush.colour,
+            line_width=self.brush.display_width,
+            min_step=MIN_STEP,
+            canvas_class=CSS["canvas"],
+            layout=widgets.Layout(width=size, height=size),
+        )
+        self.canvas.add_class(CSS["pad"])
         self.prediction_label = _with_class(widgets.HTML(PROMPT_HTML), CSS["prediction"])
         self.confidence_label = widgets.HTML()
         self.bars = widgets.HTML(bars_html(None))
@@ -359,17 +352,7 @@ class Dashboard:
         self.skip_button = _button("Skip", CSS["skip"], "forward")
 
     def _connect(self) -> None:
-        c = self.canvas
-        c.on_mouse_down(self.on_mouse_down)
-        c.on_mouse_move(self.on_mouse_move)
-        c.on_mouse_up(self.on_stroke_end)
-        c.on_mouse_out(self.on_stroke_end)  # a button released off the canvas ends the stroke too
-        c.on_touch_start(self.on_touch_start)
-        c.on_touch_move(self.on_touch_move)
-        c.on_touch_end(self.on_touch_end)
-        c.on_touch_cancel(self.on_touch_end)
-        # Under Voilà the page connects after the notebook ran: draw the background again then.
-        c.on_client_ready(self.redraw)
+        self.canvas.on_msg(self.on_pad_message)
         self.clear_button.on_click(lambda _: self.clear())
         self.undo_button.on_click(lambda _: self.undo())
         self.correct_button.on_click(lambda _: self.submit_correct())
@@ -416,74 +399,38 @@ class Dashboard:
 
     # --- drawing ------------------------------------------------------------------------------
 
-    def _ink_style(self) -> None:
-        c = self.canvas
-        c.stroke_style = c.fill_style = self.brush.colour
-        c.line_width = self.brush.display_width
-        c.line_cap = c.line_join = "round"
-
     @_guarded
-    def redraw(self) -> None:
-        """Black background and every stroke, in one message to the browser."""
-        with hold_canvas():
-            self.canvas.fill_style = self.brush.background
-            self.canvas.fill_rect(0, 0, CANVAS_SIZE, CANVAS_SIZE)
-            self._ink_style()
-            for stroke in self.pad.strokes:
-                self._draw_stroke(stroke)
+    def on_pad_message(self, _widget, content, _buffers=None) -> None:
+        """A message from the page's pad: a finished stroke, or the page (re)connecting."""
+        event = content.get("event") if isinstance(content, dict) else None
+        if event == "stroke":
+            self.add_stroke(content.get("points"))
+        elif event == "client_ready" and not self.pad.empty:  # a reconnected page gets the drawing back
+            self.canvas.show_strokes(self.pad.strokes)
 
-    def _draw_stroke(self, stroke) -> None:
-        if len(stroke) == 1:
-            x, y = stroke[0]
-            self.canvas.fill_circle(x, y, self.brush.display_width / 2)
-        else:
-            self.canvas.stroke_lines(stroke)
-
-    @_guarded
-    def on_mouse_down(self, x, y) -> None:
-        if not self.pad.begin(x, y):
-            self.show_status(f"That is enough ink for one digit (at most {MAX_STROKES} strokes).", error=True)
+    def add_stroke(self, points) -> None:
+        """A stroke as the page sends it ([x0, y0, x1, y1, ...] in canvas px): keep it and predict,
+        or say why not and make the page show the drawing as it was."""
+        try:
+            reason = self.pad.add_stroke(unflatten(points))
+        except ValueError:
+            reason = "That stroke could not be read, so it was not added. Please draw it again."
+        if reason:
+            self.show_status(reason, error=True)
+            self.canvas.show_strokes(self.pad.strokes)
             return
-        self._enable_answers(False)  # a changed drawing needs a new guess before an answer
-        with hold_canvas():
-            self._ink_style()
-            self._draw_stroke(self.pad.strokes[-1])
-
-    @_guarded
-    def on_mouse_move(self, x, y) -> None:
-        previous = self.pad.extend(x, y)
-        if previous is None:
-            return
-        with hold_canvas():
-            self._ink_style()
-            self.canvas.stroke_line(*previous, *self.pad.strokes[-1][-1])
-
-    @_guarded
-    def on_stroke_end(self, x=None, y=None) -> None:
-        if self.pad.end():
-            self.update_prediction()
-
-    def on_touch_start(self, touches) -> None:
-        if touches:  # one finger draws; others are ignored
-            self.on_mouse_down(*touches[0])
-
-    def on_touch_move(self, touches) -> None:
-        if touches:
-            self.on_mouse_move(*touches[0])
-
-    def on_touch_end(self, touches=None) -> None:
-        self.on_stroke_end()
+        self.update_prediction()
 
     @_guarded
     def undo(self) -> None:
         if self.pad.undo():
-            self.redraw()
+            self.canvas.show_strokes(self.pad.strokes)
             self.update_prediction()
 
     @_guarded
     def clear(self, status: str = "") -> None:
         self.pad.clear()
-        self.redraw()
+        self.canvas.show_strokes([])
         self.update_prediction()
         self.show_status(status)
 
@@ -499,6 +446,7 @@ class Dashboard:
             except DrawingError as e:
                 self.show_status(str(e), error=True)
         self._show_prediction()
+        self.canvas.predicted += 1  # last: the page knows this drawing is answered
 
     def _show_prediction(self) -> None:
         p = self.prediction

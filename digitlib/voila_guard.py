@@ -40,11 +40,11 @@ from digitlib import config
 V1 = "v1.kernel.websocket.jupyter.org"
 
 # --- frame and message bounds ---------------------------------------------------------------------
-MAX_FRAME_BYTES = 64 * 1024  # the dashboard's largest message (a touch event) is under 2 KiB
+MAX_FRAME_BYTES = 64 * 1024  # the dashboard's largest message, a 1,000-point stroke, is ~14 KiB
 MAX_PARTS = 4  # header, parent_header, metadata, content: the page sends no binary buffers
 MAX_DEPTH = 8
 MAX_STRING = 4096
-MAX_LIST = 64
+MAX_LIST = 2_000  # a stroke is one flat list: x, y of at most stroke_pad.MAX_STROKE_POINTS points
 MAX_KEYS = 64
 MAX_NUMBER = 1e9
 MAX_BAD_FRAMES = 20  # then the socket is closed: no browser of ours sends one

@@ -109,6 +109,45 @@ def test_draw_predict_label_and_store(server, browser):
     page.close()
 
 
+def ink_at(page, x: int, y: int) -> list[int]:
+    return page.evaluate(
+        "([x, y]) => Array.from(document.querySelector('canvas.digit-canvas')"
+        ".getContext('2d').getImageData(x, y, 1, 1).data)",
+        [x, y],
+    )
+
+
+def test_a_stroke_is_one_message_and_undo_follows_the_kernel(server, browser):
+    """The page draws the ink itself and sends the stroke once at pointer-up; it sends no widget state."""
+    from voila_client import decode_v1
+
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    sent = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(frame)))
+    page.goto(url, timeout=120_000)
+    page.locator(".digit-canvas").wait_for(state="visible", timeout=60_000)
+    draw(page, [A_SEVEN])  # 30 pointer moves
+    wait_for_text(page, ".digit-prediction", r"^[0-9]$")
+    assert ink_at(page, 140, 50)[:3] == [255, 255, 255]
+    page.locator(".digit-undo").click()
+    wait_for_text(page, ".digit-prediction", "Draw a digit")
+    page.wait_for_function("() => document.querySelector('canvas.digit-canvas').dataset.predicted === '2'")
+    page.wait_for_function(
+        "() => document.querySelector('canvas.digit-canvas').getContext('2d').getImageData(140, 50, 1, 1).data[0] === 0"
+    )
+    page.close()
+
+    comm = [decode_v1(f)[4]["data"] for f in sent if isinstance(f, bytes) and decode_v1(f)[1]["msg_type"] == "comm_msg"]
+    assert not [d for d in comm if d["method"] == "update"], "the page sent widget state"
+    events = [d["content"].get("event") for d in comm if d["method"] == "custom"]
+    assert events == ["client_ready", "stroke", "click"], events
+    [stroke] = [d["content"]["points"] for d in comm if d["content"].get("event") == "stroke"]
+    xs, ys = stroke[0::2], stroke[1::2]
+    assert len(stroke) % 2 == 0 and len(xs) > 10  # the whole stroke, points in between included
+    assert (xs[0], ys[0]) == pytest.approx((60, 50), abs=1.5) and (xs[-1], ys[-1]) == pytest.approx((120, 240), abs=1.5)
+
+
 def test_a_browser_cannot_run_code_in_the_dashboard_kernel(server, browser, tmp_path):
     """A hostile page script sends execute_request over the kernel's websocket: Voilà drops it.
 

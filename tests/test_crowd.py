@@ -25,6 +25,7 @@ import voila_client  # noqa: E402
 def load_benchmark(name):
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
 
@@ -32,7 +33,7 @@ def load_benchmark(name):
 crowd = load_benchmark("crowd")
 run_all = load_benchmark("run_all")
 HEADER = {"msg_id": "m1", "msg_type": "comm_msg", "session": "s", "username": "", "version": "5.2", "date": "d"}
-CONTENT = {"comm_id": "c1", "data": {"method": "custom", "content": {"event": "mouse_up", "x": 1.5, "y": 2}}}
+CONTENT = {"comm_id": "c1", "data": {"method": "custom", "content": {"event": "stroke", "points": [1.5, 2, 3, 4]}}}
 
 
 def test_frames_are_what_jupyter_server_reads_and_writes():
@@ -53,9 +54,9 @@ def test_a_frame_claiming_absurd_offsets_is_refused_not_allocated():
         voila_client.decode_v1(bytes.fromhex("ffffff0f00000000") + bytes(8))
 
 
-def test_a_page_without_the_canvas_says_what_it_shows():
+def test_a_page_without_the_pad_says_what_it_shows():
     states = {"a": {"model_name": "HTMLModel", "state": {"value": "<h3>The dashboard cannot start</h3>"}}}
-    with pytest.raises(voila_client.VisitError, match="digit-canvas.*The dashboard cannot start"):
+    with pytest.raises(voila_client.VisitError, match="digit-pad.*The dashboard cannot start"):
         voila_client.Models.from_states(states)
 
 
@@ -131,3 +132,15 @@ def test_ten_visitors_are_all_served_and_every_answer_stored_once(database_url):
     assert report["kernel_rss_mib_mean"] > 0 and report["server_cpu_s"] > 0 and report["kernel_start_cpu_s"] > 0
     rows = dict(run_all.figures_of("crowd", report))
     assert rows["10 simulated visitors, 2/s, 3 digits each, 0.2-0.5 s think: served"] == "10/10"
+
+
+def test_a_simulated_stroke_is_what_the_page_sends():
+    points = [
+        (10.04, 20.0),
+        (10.5, 20.0),
+        (300, -4),
+        *((10 + 2 * (i % 100), 5 + 2 * (i // 100)) for i in range(12_000)),
+    ]
+    sent = voila_client.flat(points)
+    assert sent[:4] == [10.0, 20.0, 280.0, 0.0]  # clamped, 0.1 px, a point under MIN_STEP away skipped
+    assert len(sent) == 2 * voila_client.MAX_STROKE_POINTS  # the page stops growing a stroke there

@@ -1,4 +1,4 @@
-"""The dashboard's logic without a browser: the handlers are called as the canvas would call them."""
+"""The dashboard's logic without a browser: the pad's messages are sent as the page sends them."""
 
 from __future__ import annotations
 
@@ -35,17 +35,26 @@ def dash(model, store):
     return Dashboard(model, store)
 
 
-def draw(dash: Dashboard, strokes, end="mouse_up") -> None:
-    """Replay strokes through the mouse handlers, with points in between like a real mouse."""
+def stroke_message(stroke) -> dict:
+    """One stroke as the page sends it at pointer-up: flat x, y with points in between like a real pointer."""
+    flat = list(stroke[0])
+    for (x0, y0), (x1, y1) in zip(stroke, stroke[1:], strict=False):
+        for t in np.linspace(0, 1, 12)[1:]:
+            flat += [round(x0 + t * (x1 - x0), 1), round(y0 + t * (y1 - y0), 1)]
+    return {"event": "stroke", "points": flat}
+
+
+def draw(dash: Dashboard, strokes) -> None:
     for stroke in strokes:
-        dash.on_mouse_down(*stroke[0])
-        for (x0, y0), (x1, y1) in zip(stroke, stroke[1:], strict=False):
-            for t in np.linspace(0, 1, 12)[1:]:
-                dash.on_mouse_move(x0 + t * (x1 - x0), y0 + t * (y1 - y0))
-        if end == "mouse_up":
-            dash.on_stroke_end(*stroke[-1])
-        else:
-            dash.on_touch_end([])
+        dash.on_pad_message(dash.canvas, stroke_message(stroke), [])
+
+
+@pytest.fixture
+def sent(dash, monkeypatch):
+    """The messages the kernel sends to the page's pad."""
+    messages = []
+    monkeypatch.setattr(dash.canvas, "send", lambda content, buffers=None: messages.append(content))
+    return messages
 
 
 def answer_buttons(dash: Dashboard):
@@ -76,46 +85,42 @@ class Rejecting:
 # --- DrawingPad ---------------------------------------------------------------------------
 
 
-def test_pad_records_strokes_clamped_to_the_canvas():
+def test_pad_records_strokes_clamped_to_the_canvas_without_needless_points():
     pad = DrawingPad(280)
-    assert pad.begin(10, 20)
-    assert pad.extend(300, -5) == (10.0, 20.0)
-    assert pad.extend(300.4, -5) is None  # under a pixel away: nothing new
-    assert pad.end() and not pad.end()  # mouse_up then mouse_out: one stroke end
-    assert pad.strokes == [[(10.0, 20.0), (280.0, 0.0)]]
-    assert pad.extend(50, 50) is None  # moves without a button down draw nothing
+    assert pad.add_stroke([(10, 20), (300, -5), (300.4, -5), (20, 20)]) == ""
+    assert pad.strokes == [[(10.0, 20.0), (280.0, 0.0), (20.0, 20.0)]]  # under a pixel away: nothing new
+    assert pad.add_stroke([(5, 5)]) == "" and pad.strokes[-1] == [(5.0, 5.0)]  # a dot
 
 
-def test_pad_ignores_garbage_from_the_browser():
+@pytest.mark.parametrize("garbage", [("x", 3), (float("nan"), 3), (None, 2), (float("inf"), 2), (10**400, 1)])
+def test_pad_refuses_a_stroke_with_garbage_and_keeps_the_drawing(garbage):
     pad = DrawingPad()
-    assert not pad.begin("x", 3) and not pad.begin(float("nan"), 3)
-    assert pad.empty
-    pad.begin(1, 1)
-    assert pad.extend(None, 2) is None and pad.extend(float("inf"), 2) is None
+    pad.add_stroke([(1, 1), (9, 9)])
+    assert "could not be read" in pad.add_stroke([(1, 1), garbage, (5, 5)])
+    assert pad.strokes == [[(1.0, 1.0), (9.0, 9.0)]]
 
 
 def test_pad_caps_strokes_and_points():
     pad = DrawingPad()
     for i in range(MAX_STROKES):
-        assert pad.begin(i, i)
-        pad.end()
-    assert not pad.begin(1, 1)
+        assert pad.add_stroke([(i, i)]) == ""
+    assert "enough ink" in pad.add_stroke([(1, 1)])
+    assert len(pad.strokes) == MAX_STROKES
     pad.clear()
-    pad.begin(0, 0)
-    for i in range(1, MAX_POINTS + 10):
-        pad.extend(i % 280, (i // 280) * 2)
+    pad.add_stroke([(i % 280, (i // 280) * 2) for i in range(MAX_POINTS + 10)])
     assert pad.points == MAX_POINTS
+    assert "enough ink" in pad.add_stroke([(1, 1)])
     strokes_to_input(pad.as_lists())  # still a drawing the preprocessing accepts
 
 
 def test_pad_undo_clear_and_drawing_ids():
     pad = DrawingPad()
     first_id = pad.drawing_id
-    pad.begin(1, 1), pad.end(), pad.begin(5, 5), pad.end()
+    pad.add_stroke([(1, 1)]), pad.add_stroke([(5, 5)])
     assert pad.undo() and len(pad.strokes) == 1 and pad.drawing_id == first_id
     assert pad.undo() and pad.empty and pad.drawing_id != first_id  # empty again: a new drawing
     assert not pad.undo()
-    pad.begin(1, 1)
+    pad.add_stroke([(1, 1)])
     before = pad.drawing_id
     pad.clear()
     assert pad.empty and pad.drawing_id != before
@@ -136,7 +141,7 @@ def test_prediction_after_every_stroke_uses_the_one_preprocessing_path(dash, mod
     draw(dash, ONE_STROKE_PLUS[:1])
     first = dash.prediction
     assert first is not None
-    draw(dash, ONE_STROKE_PLUS[1:], end="touch")
+    draw(dash, ONE_STROKE_PLUS[1:])
     second = dash.prediction
     strokes = dash.pad.as_lists()
     probabilities, not_digit = model.predict(strokes_to_input(strokes)[None])
@@ -155,21 +160,50 @@ def test_prediction_after_every_stroke_uses_the_one_preprocessing_path(dash, mod
     assert not any(b.disabled for b in answer_buttons(dash))
 
 
-def test_touch_drawing_works_like_the_mouse(dash):
-    dash.on_touch_start([(140, 40), (10, 10)])  # a second finger is ignored
-    for y in range(50, 240, 10):
-        dash.on_touch_move([(140, y)])
-    dash.on_touch_end([])
-    assert len(dash.pad.strokes) == 1 and dash.pad.strokes[0][0] == (140.0, 40.0)
-    assert dash.prediction is not None
-
-
-def test_a_new_stroke_disables_answers_until_its_prediction(dash):
+@pytest.mark.parametrize(
+    "points",
+    [
+        None,
+        [],
+        "140,40,140,240",
+        [140, 40, 140],  # odd: not pairs
+        [140, 40, "x", 240],
+        [[140, 40], [140, 240]],  # nested pairs are not the page's form
+        {"x": 1},
+    ],
+)
+def test_a_malformed_stroke_message_is_refused_and_the_page_shown_the_drawing_as_it_was(dash, sent, points):
     draw(dash, SEVEN)
-    dash.on_mouse_down(100, 100)
-    assert all(b.disabled for b in answer_buttons(dash))
-    dash.on_stroke_end()
-    assert not dash.correct_button.disabled
+    before, predicted = dash.prediction, dash.canvas.predicted
+    dash.on_pad_message(dash.canvas, {"event": "stroke", "points": points}, [])
+    assert dash.pad.strokes[0][0] == (60.0, 50.0) and len(dash.pad.strokes) == 1
+    assert dash.prediction is before and dash.canvas.predicted == predicted
+    assert "could not be read" in dash.status.value
+    assert sent[-1] == {"event": "strokes", "strokes": [stroke_message(SEVEN[0])["points"]]}
+    assert not dash.correct_button.disabled  # the drawing and its answer stay usable
+
+
+def test_unknown_pad_messages_change_nothing(dash, sent):
+    for content in ({"event": "mouse_move", "x": 1, "y": 2}, {"event": None}, ["stroke"], "stroke", None):
+        dash.on_pad_message(dash.canvas, content, [])
+    assert dash.pad.empty and dash.prediction is None and sent == [] and dash.status.value == ""
+
+
+def test_every_prediction_counts_up_last_and_a_reconnecting_page_gets_the_drawing(dash, sent):
+    counts = []
+    dash.canvas.observe(lambda change: counts.append((change["new"], dash.prediction is not None)), "predicted")
+    draw(dash, ONE_STROKE_PLUS)
+    assert counts == [(1, True), (2, True)]  # the prediction was shown before the count changed
+    dash.on_pad_message(dash.canvas, {"event": "client_ready"}, [])
+    assert len(sent[-1]["strokes"]) == 2 and sent[-1]["strokes"][0][:2] == [140.0, 40.0]
+
+
+def test_too_much_ink_is_refused_with_the_page_redrawn(dash, sent):
+    for i in range(MAX_STROKES):
+        dash.add_stroke([i, i])
+    dash.add_stroke([1, 1, 2, 2])
+    assert len(dash.pad.strokes) == MAX_STROKES and "enough ink" in dash.status.value
+    assert len(sent[-1]["strokes"]) == MAX_STROKES
 
 
 def test_undo_and_clear_update_the_prediction(dash):
@@ -260,10 +294,11 @@ def test_handler_errors_become_a_status_line_not_a_traceback(dash, monkeypatch):
 def test_widgets_carry_the_css_hooks(dash):
     page = dash.layout()
     classes = {c for w in _walk(page) for c in getattr(w, "_dom_classes", ())}
-    expected = {"digit-canvas", "digit-prediction", "digit-correct", "digit-clear", "digit-undo", "digit-status"}
+    expected = {"digit-pad", "digit-prediction", "digit-correct", "digit-clear", "digit-undo", "digit-status"}
     expected |= {"digit-not-digit"}
     assert expected | {label_class(d) for d in range(10)} <= classes
-    assert dash.canvas.width == dash.canvas.height == 280
+    assert dash.canvas.canvas_class == "digit-canvas"  # the page puts it on the <canvas> itself
+    assert dash.canvas.size == 280
     assert dash.canvas.layout.width == dash.canvas.layout.height == "280px"
 
 
@@ -277,7 +312,7 @@ def test_build_dashboard_uses_the_settings(monkeypatch, tmp_path, model):
     monkeypatch.setenv(config.MODEL_DIR.name, str(model.path))
     monkeypatch.setenv(config.DATABASE_URL.name, f"sqlite:///{tmp_path / 'd.db'}")
     page = build_dashboard()
-    assert any("digit-canvas" in getattr(w, "_dom_classes", ()) for w in _walk(page))
+    assert any("digit-pad" in getattr(w, "_dom_classes", ()) for w in _walk(page))
 
 
 def test_build_dashboard_without_a_model_says_so(monkeypatch, tmp_path):

@@ -124,7 +124,10 @@ def test_every_button_shows_its_whole_label_and_is_a_touch_target(phone):
 
 def test_touch_drawing_over_the_whole_canvas_predicts_and_answers(phone, server):
     _, database_url = server
+    phone.locator(f".{CSS['canvas']}").scroll_into_view_if_needed()
+    scrolled = phone.evaluate("() => window.scrollY")
     touch_stroke(phone, WIDE_SEVEN)
+    assert phone.evaluate("() => window.scrollY") == scrolled  # touch-action: none: the finger drew, the page stayed
     shown = wait_for_text(phone, f".{CSS['prediction']}", r"^[0-9]$|not a digit")
     assert ink_at(phone, 250, 40)[:3] == [255, 255, 255]  # ink in the right third
     phone.locator(f".{label_class(7)}").tap()  # below the fold: tap scrolls to it, as a thumb would

@@ -51,10 +51,10 @@ from digitlib import dashboard, registry
 from digitlib.store import FeedbackStore
 models = Path({str(models)!r})
 dash = dashboard.Dashboard(registry.LiveModel(models), FeedbackStore("sqlite:///{tmp_path / "f.db"}"))
-dash.on_mouse_down(60, 50); dash.on_mouse_move(220, 50); dash.on_mouse_move(120, 240); dash.on_stroke_end()
+dash.on_pad_message(dash.canvas, {{"event": "stroke", "points": [60, 50, 220, 50, 120, 240]}})
 first = dash.prediction.model_version
 registry.promote("cand", models, force=True)
-dash.on_mouse_down(140, 40); dash.on_mouse_move(140, 240); dash.on_stroke_end()
+dash.on_pad_message(dash.canvas, {{"event": "stroke", "points": [140, 40, 140, 240]}})
 print(json.dumps({{"first": first, "second": dash.prediction.model_version, "torch": "torch" in sys.modules}}))
 """
     env = {k: v for k, v in os.environ.items() if k != "DIGITLIB_MODEL"}

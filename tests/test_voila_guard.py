@@ -23,6 +23,7 @@ from jupyter_server.services.kernels.connection.base import deserialize_msg_from
 from tiny_model import tiny_model_dir
 
 from digitlib import config
+from digitlib.stroke_pad import MAX_STROKE_POINTS
 from digitlib.voila_guard import (
     DISCONNECT_GRACE_S,
     MAX_SOCKETS_PER_KERNEL,
@@ -52,6 +53,12 @@ def v1_frame(msg_type: str, content: dict, channel: str = "shell", raw_content: 
     return serialize_msg_to_ws_v1(parts, channel)
 
 
+def stroke_frame(comm_id: str, points) -> bytes:
+    """A stroke as the page's pad sends it at pointer-up."""
+    content = {"event": "stroke", "points": points}
+    return v1_frame("comm_msg", {"comm_id": comm_id, "data": {"method": "custom", "content": content}})
+
+
 def comm_update(comm_id: str, state: dict) -> bytes:
     return v1_frame("comm_msg", {"comm_id": comm_id, "data": {"method": "update", "state": state, "buffer_paths": []}})
 
@@ -78,7 +85,8 @@ def test_the_16_byte_frame_is_refused_before_anything_is_built():
         (v1_frame("comm_msg", {}, raw_content=b'{"a": NaN}'), "NaN"),
         (v1_frame("comm_msg", {"comm_id": "x", "data": {"method": "custom", "content": {"x": 1e300}}}), "number"),
         (v1_frame("comm_msg", {"comm_id": "x" * 5000, "data": {"method": "custom"}}), "string"),
-        (v1_frame("comm_msg", {"comm_id": "x", "data": {"method": "custom", "content": list(range(100))}}), "list"),
+        (v1_frame("comm_msg", {"comm_id": "x", "data": {"method": "custom", "content": list(range(2001))}}), "list"),
+        (stroke_frame("pad", [140.5] * (2 * MAX_STROKE_POINTS + 2)), "list"),  # longer than the page ever sends
         (v1_frame("execute_request", {"code": "import os"}), "message type"),
         (v1_frame("shutdown_request", {"restart": True}, channel="control"), "message type"),
         (v1_frame("comm_open", {"comm_id": "x", "target_name": "evil", "data": {}}), "target"),
@@ -99,10 +107,8 @@ def test_the_messages_the_page_sends_pass():
         v1_frame("comm_open", {"comm_id": "c", "target_name": "jupyter.widget.control", "data": {}}),
         v1_frame("comm_msg", {"comm_id": "c", "data": {"method": "request_states"}}),
         v1_frame("comm_msg", {"comm_id": "c", "data": {"method": "custom", "content": {"event": "click"}}}),
-        v1_frame(
-            "comm_msg",
-            {"comm_id": "c", "data": {"method": "custom", "content": {"event": "touch_move", "touches": [{"x": 1.5}]}}},
-        ),
+        v1_frame("comm_msg", {"comm_id": "c", "data": {"method": "custom", "content": {"event": "client_ready"}}}),
+        stroke_frame("c", [279.9] * (2 * MAX_STROKE_POINTS)),  # the longest stroke the page sends
         v1_frame("comm_close", {"comm_id": "c", "data": {}}),
     ]:
         check_frame(frame, V1)
@@ -315,33 +321,63 @@ def frame_closes_the_socket(sock: KernelSocket, frame: bytes) -> bool:
     return False
 
 
-def canvas_state(sock: KernelSocket, comm_ids) -> tuple[str, dict]:
-    """(comm id, state) of the dashboard's canvas, asked the way the page's widget manager asks."""
+def pad_state(sock: KernelSocket, comm_ids) -> tuple[str, dict]:
+    """(comm id, state) of the dashboard's drawing pad, asked the way the page's widget manager asks."""
     for comm_id in comm_ids:
         request = v1_frame("comm_msg", {"comm_id": comm_id, "data": {"method": "request_state"}})
         reply = sock.ask(request, lambda t, c, i=comm_id: t == "comm_msg" and c.get("comm_id") == i, seconds=10)
         state = reply["data"]["state"]
-        if state.get("_model_name") == "CanvasModel":
+        if state.get("_anywidget_id") == "digitlib.stroke_pad.StrokePad":
             return comm_id, state
-    raise AssertionError("no canvas among the comms")
+    raise AssertionError("no drawing pad among the comms")
+
+
+def open_pad(url: str, client: str):
+    session, kernel_id = open_page(url, client)
+    sock = KernelSocket(url, kernel_id)
+    comms = sock.ask(v1_frame("comm_info_request", {}), lambda t, c: t == "comm_info_reply")["comms"]
+    comm_id, state = pad_state(sock, comms)
+    return session, kernel_id, sock, comm_id, state
 
 
 @pytest.mark.slow
-def test_an_oversized_canvas_update_never_reaches_the_kernel(server):
+def test_a_pad_update_from_the_page_never_reaches_the_kernel(server):
     url = server.url
-    session, kernel_id = open_page(url, "10.2.0.1")
-    sock = KernelSocket(url, kernel_id)
-    comms = sock.ask(v1_frame("comm_info_request", {}), lambda t, c: t == "comm_info_reply")["comms"]
-    comm_id, before = canvas_state(sock, comms)
-    sock.send(comm_update(comm_id, {"width": 100_000_000, "height": 100_000_000}))
-    sock.send(comm_update(comm_id, {"sync_image_data": True, "unknown_key": "x" * 1000}))
+    session, kernel_id, sock, comm_id, before = open_pad(url, "10.2.0.1")
+    sock.send(comm_update(comm_id, {"size": 100_000_000}))
+    sock.send(comm_update(comm_id, {"_esm": "export default {render() { fetch('//evil') }}", "predicted": 7}))
     echoes = [c for t, c in sock.replies(2) if c.get("data", {}).get("method") == "echo_update"]
     assert echoes == []  # ipywidgets 8 echoes every update it applies
-    _, after = canvas_state(sock, [comm_id])
-    assert (after["width"], after["height"]) == (before["width"], before["height"]) == (280, 280)
-    assert after["sync_image_data"] is False
+    _, after = pad_state(sock, [comm_id])
+    assert after["size"] == before["size"] == 280 and after["_esm"] == before["_esm"] and after["predicted"] == 0
     sock.close()
     shut_down(url, session, kernel_id)
+
+
+@pytest.mark.slow
+def test_oversized_and_malformed_strokes_are_refused_and_the_pad_goes_on(server):
+    url = server.url
+    session, kernel_id, sock, pad, _ = open_pad(url, "10.2.0.2")
+
+    def pad_says(event_or_key):
+        def wanted(msg_type, content):
+            data = content.get("data", {}) if content.get("comm_id") == pad else {}
+            return data.get("content", {}).get("event") == event_or_key or event_or_key in data.get("state", {})
+
+        return wanted
+
+    sock.send(stroke_frame(pad, [100.0, 100.0] * (MAX_STROKE_POINTS + 1)))  # the guard drops it
+    # Within the guard's bounds but not a stroke: the kernel refuses it and has the page redraw.
+    for points in ([1, 2, "x", 4], [1, 2, 3], [[1, 2], [3, 4]], {"x": 1}, -1):
+        redraw = sock.ask(stroke_frame(pad, points), pad_says("strokes"))
+        assert redraw["data"]["content"]["strokes"] == []
+    update = sock.ask(stroke_frame(pad, [60, 50, 220, 50, 120, 240]), pad_says("predicted"))
+    assert update["data"]["state"]["predicted"] == 1  # the first stroke to reach the kernel
+    sock.close()
+    shut_down(url, session, kernel_id)
+    assert re.search(
+        f"dropped a frame on kernel {kernel_id} from [0-9.]+: content: list of 2002 items", server.log.read_text()
+    )
 
 
 def shut_down(url: str, session: requests.Session, kernel_id: str) -> requests.Response:
