@@ -20,14 +20,7 @@ import torch
 from digitlib.dataset import DataError, Digits
 from digitlib.modeling.checkpoint import LoadedModel
 from digitlib.modeling.predict import Evaluation
-from digitlib.preprocess import (
-    DEFAULT_BRUSH,
-    Brush,
-    DrawingError,
-    drawings_to_inputs,
-    strokes_to_input,
-    validate_strokes,
-)
+from digitlib.preprocess import DEFAULT_BRUSH, BatchDrawingError, Brush, render_drawings, validate_strokes
 
 
 @dataclass
@@ -88,17 +81,15 @@ def load_drawings(path: str | Path) -> list[Drawing]:
 
 def drawings_to_digits(drawings: list[Drawing], brush: Brush = DEFAULT_BRUSH) -> Digits:
     """Render digit drawings as model inputs; a drawing that cannot be rendered is an error naming it."""
-    images = []
     for i, d in enumerate(drawings):
         if d.label is None:
             raise DataError(f"drawing {i} ({d.source} {d.writer}) is labelled not a digit; Digits hold digits only")
-        try:
-            images.append(strokes_to_input(d.strokes, brush))
-        except DrawingError as e:
-            raise DataError(f"drawing {i} ({d.source} {d.writer}): {e}") from None
-    if not images:
-        return Digits(torch.empty(0, 28, 28, dtype=torch.uint8), torch.empty(0, dtype=torch.long))
-    return Digits(torch.from_numpy(np.stack(images)), torch.tensor([d.label for d in drawings]))
+    try:
+        images, _ = render_drawings((d.strokes for d in drawings), brush)
+    except BatchDrawingError as e:
+        d = drawings[e.index]
+        raise DataError(f"drawing {e.index} ({d.source} {d.writer}): {e.reason}") from None
+    return Digits(torch.from_numpy(images), torch.tensor([d.label for d in drawings], dtype=torch.long))
 
 
 @dataclass
@@ -174,7 +165,7 @@ def evaluate_drawings(model: LoadedModel, drawings: list[Drawing], brush: Brush 
     others = [d for d in drawings if d.label is None]
     digits = drawings_to_digits(digit_drawings, brush)
     probabilities, rejected = _predict(model, digits.images.numpy())
-    non_rejected = _predict(model, drawings_to_inputs([d.strokes for d in others], brush))[1] if others else None
+    non_rejected = _predict(model, render_drawings((d.strokes for d in others), brush)[0])[1] if others else None
     return DrawingsEvaluation(
         Evaluation(probabilities, digits.labels),
         [d.source for d in digit_drawings],
@@ -198,13 +189,11 @@ def evaluate_drawings_file(
     pending: list[tuple[int, Drawing]] = []
 
     def predict() -> None:
-        images = []
-        for number, d in pending:
-            try:
-                images.append(np.asarray(strokes_to_input(d.strokes, brush)))
-            except DrawingError as e:
-                raise DataError(f"{path}, line {number}: {e}") from None
-        p, r = _predict(model, np.stack(images))
+        try:
+            images, _ = render_drawings((d.strokes for _, d in pending), brush)
+        except BatchDrawingError as e:
+            raise DataError(f"{path}, line {pending[e.index][0]}: {e.reason}") from None
+        p, r = _predict(model, images)
         probabilities.append(p)
         rejected.append(r)
         labels.extend(-1 if d.label is None else d.label for _, d in pending)

@@ -8,13 +8,16 @@ Strokes are rendered from their recorded points (not from canvas pixels), with a
 width follows the size of the drawing, so a small and a large drawing of the same digit give
 the same MNIST-like stroke thickness.
 
+The models' input normalisation (`standardise`, MNIST's mean and std) is written once here
+too: the trainer, `LoadedModel` and the exported ONNX graph all call it.
+
 numpy and Pillow only: the dashboard kernel imports this and must not load torch. Training
 and evaluation turn the uint8 arrays into tensors at their own edge.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +26,8 @@ from PIL import Image, ImageDraw
 CANVAS_SIZE = 280  # the dashboard's canvas and the recorded drawings, in pixels
 MNIST_BOX = 20  # MNIST digits fit a 20x20 box inside 28x28
 MNIST_SIZE = 28
+# Mean and standard deviation of MNIST's training pixels (intensities 0-1): the models' input scale.
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 # Limits that refuse absurd input (a hostile browser, a runaway touch screen).
 MAX_STROKES = 50
@@ -34,6 +39,14 @@ Stroke = Sequence[Sequence[float]]
 
 class DrawingError(ValueError):
     """A drawing that cannot become a model input: empty, malformed or absurd."""
+
+
+class BatchDrawingError(DrawingError):
+    """A drawing of a batch that cannot be rendered; `index` says which (0-based), `reason` why."""
+
+    def __init__(self, index: int, reason: DrawingError):
+        super().__init__(f"drawing {index}: {reason}")
+        self.index, self.reason = index, reason
 
 
 @dataclass(frozen=True)
@@ -149,11 +162,39 @@ def strokes_to_input(strokes, brush: Brush = DEFAULT_BRUSH, canvas_size: int = C
     return to_mnist_layout(render_strokes(arrays, brush))
 
 
-def drawings_to_inputs(drawings: Sequence, brush: Brush = DEFAULT_BRUSH) -> np.ndarray:
-    """Many drawings (each a list of strokes) -> uint8 (N, 28, 28)."""
-    if not len(drawings):
-        return np.zeros((0, MNIST_SIZE, MNIST_SIZE), dtype=np.uint8)
-    return np.stack([strokes_to_input(s, brush) for s in drawings])
+def render_drawings(
+    drawings: Iterable, brush: Brush = DEFAULT_BRUSH, *, skip_bad: bool = False
+) -> tuple[np.ndarray, list[int]]:
+    """Many drawings (each a list of strokes) -> (uint8 (N, 28, 28), the positions that rendered).
+
+    A drawing that cannot be rendered raises BatchDrawingError naming its position, or with
+    `skip_bad` is left out (its position is then missing from the list).
+    """
+    images, rendered = [], []
+    for index, strokes in enumerate(drawings):
+        try:
+            images.append(strokes_to_input(strokes, brush))
+        except DrawingError as e:
+            if not skip_bad:
+                raise BatchDrawingError(index, e) from None
+            continue
+        rendered.append(index)
+    stacked = np.stack(images) if images else np.zeros((0, MNIST_SIZE, MNIST_SIZE), dtype=np.uint8)
+    return stacked, rendered
+
+
+def drawings_to_inputs(drawings: Iterable, brush: Brush = DEFAULT_BRUSH) -> np.ndarray:
+    """Kept only until benchmarks/honest_answers.py and notebook 2.0 call render_drawings (issue 16)."""
+    return render_drawings(drawings, brush)[0]
+
+
+def standardise(unit_images, mean: float = MNIST_MEAN, std: float = MNIST_STD):
+    """Intensities in 0-1 -> the models' input scale: (x - mean) / std.
+
+    Plain arithmetic, so numpy arrays, torch tensors and the traced ONNX graph take the same step;
+    a model's metadata records the mean and std it was trained with.
+    """
+    return (unit_images - mean) / std
 
 
 def resize_canvas_directly(strokes, brush: Brush = DEFAULT_BRUSH, canvas_size: int = CANVAS_SIZE) -> np.ndarray:
@@ -168,11 +209,15 @@ def resize_canvas_directly(strokes, brush: Brush = DEFAULT_BRUSH, canvas_size: i
 
 
 __all__ = [
+    "BatchDrawingError",
     "Brush",
     "DEFAULT_BRUSH",
     "DrawingError",
-    "drawings_to_inputs",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "render_drawings",
     "render_strokes",
+    "standardise",
     "strokes_to_input",
     "to_mnist_layout",
     "validate_strokes",

@@ -1,9 +1,11 @@
-"""Shared fixtures: the real MNIST files (from ../shared/data or the configured folder)."""
+"""Shared fixtures: the real MNIST files, the feedback databases, a tiny model, a PostgreSQL of a
+module's own. Shared data and plain helpers (SEVEN, make_feedback...) are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 # of each set, not all 14,657; the committed models/default was checked on everything.
 os.environ.setdefault("DIGITLIB_ONNX_CHECK", "1000")
 
-from digitlib.dataset import DataError, find_mnist_dir, load_mnist
+from helpers import PG_URL, train_tiny_model  # noqa: E402
+from own_postgres import OwnPostgres  # noqa: E402
+
+from digitlib.dataset import DataError, find_mnist_dir, load_mnist  # noqa: E402
+from digitlib.store import FeedbackStore  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +41,70 @@ def mnist_train(mnist_dir):
 @pytest.fixture(scope="session")
 def mnist_test(mnist_dir):
     return load_mnist("test", mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny model directory trained once per session (seconds on a CPU); the tests that need a
+    model use it, never models/default. Only slow tests may ask for it: it trains."""
+    try:
+        return train_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
+    except RuntimeError as e:
+        pytest.fail(str(e))
+
+
+# --- feedback databases ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'nested' / 'feedback.db'}"  # the folder does not exist yet
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh schema in the test PostgreSQL (TEST_DATABASE_URL) for one test, dropped afterwards.
+
+    In CI (CI=true) a PostgreSQL that cannot be reached fails the test; elsewhere it is skipped.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.begin() as c:
+            c.execute(text(f'CREATE SCHEMA "{schema}"'))  # a name made here, not input
+    except OperationalError as e:
+        admin.dispose()
+        message = f"PostgreSQL at {make_url(PG_URL).render_as_string()} unreachable: {e.orig}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    # psycopg2 passes `options` to the server: this connection sees only the new schema.
+    yield make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
+    with admin.begin() as c:
+        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The feedback store on SQLite and on the real PostgreSQL (a test module may narrow it)."""
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    s = FeedbackStore(url, queue_file=tmp_path / "queue.jsonl")
+    yield s
+    s.dispose()
+
+
+@pytest.fixture(scope="module")
+def own_postgres():
+    """A PostgreSQL server of the test module's own (tests/own_postgres.py), which its tests may stop
+    and restart; removed afterwards."""
+    server = OwnPostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()

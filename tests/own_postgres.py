@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+from dashboard_server import free_port
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)  # newest first
 
@@ -29,17 +29,11 @@ def _pg_bin(name: str) -> str:
     return found
 
 
-def spare_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class OwnPostgres:
     """initdb'd cluster in a temporary folder: `start()`, `stop()`, `url`, `remove()`."""
 
     def __init__(self):
-        self.port = spare_port()
+        self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="digitlab-pg-"))
         self.data, self.log = self.folder / "data", self.folder / "server.log"
         self.as_user: list[str] = []
@@ -74,7 +68,9 @@ class OwnPostgres:
 
 
 def own_postgres_fixture():
-    """A running OwnPostgres for a test module; removed afterwards."""
+    """A running OwnPostgres for a test module; removed afterwards.
+
+    Kept until every module uses conftest's `own_postgres` fixture instead."""
     server = OwnPostgres()
     try:
         server.start()

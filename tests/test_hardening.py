@@ -16,11 +16,10 @@ import subprocess
 import sys
 
 import pytest
-from own_postgres import own_postgres_fixture
+from helpers import SEVEN, UNREACHABLE_URL, make_feedback, save_untrained_model
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
-from test_store import UNREACHABLE_URL, make_feedback, pg_url, sqlite_url  # noqa: F401  (fixtures)
 
 from digitlib import config, migrations
 from digitlib.store import (
@@ -34,7 +33,6 @@ from digitlib.store import (
 
 ROOT = config.PROJ_ROOT
 SECRET = "S3cretPW"
-own_postgres = pytest.fixture(scope="module")(own_postgres_fixture)
 
 
 def digitlib_cli(*args, cwd=ROOT, env=None, **kwargs) -> subprocess.CompletedProcess:
@@ -106,7 +104,7 @@ def queued_line(**changes) -> bytes:
     return json.dumps(row).encode()
 
 
-def test_each_bad_queue_line_is_set_aside_alone_and_good_rows_are_stored(tmp_path, sqlite_url):  # noqa: F811
+def test_each_bad_queue_line_is_set_aside_alone_and_good_rows_are_stored(tmp_path, sqlite_url):
     queue = tmp_path / "q.jsonl"
     good = [make_feedback(label=d) for d in (1, 2, 3)]
     not_png = base64.b64encode(b"GIF89a" + bytes(100)).decode()
@@ -301,25 +299,13 @@ def test_readme_shows_the_default_database_as_the_absolute_path_it_is():
 
 # --- the CLI: bad input is one line on stderr, exit status 2, nothing or valid JSON on stdout --------
 
-GOOD_DRAWING = {"label": 7, "strokes": [[[100, 60], [180, 60], [130, 220]]], "source": "t"}
+GOOD_DRAWING = {"label": 7, "strokes": SEVEN, "source": "t"}
 
 
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory):
     """A model directory (untrained weights: these tests are about input, not accuracy)."""
-    import torch
-
-    from digitlib.modeling.checkpoint import save_model
-    from digitlib.modeling.models import build_model
-
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("m") / "model"
-    checks = os.environ.get("DIGITLIB_ONNX_CHECK")
-    os.environ["DIGITLIB_ONNX_CHECK"] = "64"  # the ONNX export's check on a few images: seconds, not minutes
-    try:
-        return save_model(build_model("seed"), directory, {"arch": "seed", "arch_params": {}})
-    finally:
-        os.environ.pop("DIGITLIB_ONNX_CHECK") if checks is None else os.environ.update(DIGITLIB_ONNX_CHECK=checks)
+    return save_untrained_model(tmp_path_factory.mktemp("m") / "model", onnx_check_limit=64)
 
 
 def strict_json(text: str) -> dict:
@@ -430,7 +416,7 @@ def test_mnist_dir_missing_one_file_is_an_error_naming_it(untrained_model, tmp_p
     assert_one_line_error(done, "MNIST_DIR", f"{tmp_path / missing}(.gz) is missing")
 
 
-def test_export_feedback_to_a_full_disk_leaves_the_old_export_whole(tmp_path, sqlite_url):  # noqa: F811
+def test_export_feedback_to_a_full_disk_leaves_the_old_export_whole(tmp_path, sqlite_url):
     from digitlib.feedback import load_export
 
     store = FeedbackStore(sqlite_url, queue_file=tmp_path / "q.jsonl")
@@ -484,8 +470,7 @@ def test_the_dashboard_page_never_shows_the_password_of_a_malformed_url(untraine
 
 def test_a_visitor_whose_answer_cannot_be_stored_is_told_it_is_kept(untrained_model, tmp_path):
     """The read-only SQLite case through the dashboard's own handler: never "Something went wrong"."""
-    from test_dashboard import SEVEN as DRAWN_SEVEN
-    from test_dashboard import draw
+    from test_dashboard import draw  # until the dashboard's test driver has a module of its own (h1)
 
     from digitlib.dashboard import Dashboard
     from digitlib.modeling.checkpoint import load_model
@@ -493,7 +478,7 @@ def test_a_visitor_whose_answer_cannot_be_stored_is_told_it_is_kept(untrained_mo
     (tmp_path / "feedback.db.migrate-lock").mkdir()  # the lock cannot be opened: OSError
     store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}", queue_file=tmp_path / "q.jsonl")
     dash = Dashboard(load_model(untrained_model), store)
-    draw(dash, DRAWN_SEVEN)
+    draw(dash, SEVEN)
     assert dash.submit(7) == "queued"
     assert "kept on this server" in dash.status.value and "Something went wrong" not in dash.status.value
     assert [f.true_label for f in store.queued()] == [7]

@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+from helpers import TINY_TRAINING
 
 from digitlib import config, experiments, registry
 from digitlib.modeling.checkpoint import load_model
@@ -26,8 +27,6 @@ COMMITTED_NOTEBOOKS = [
     for path in sorted(folder.rglob("*.ipynb"))
     if ".ipynb_checkpoints" not in path.parts
 ]
-# One epoch on a thousand images without augmentation: seconds, not minutes, on a CPU.
-TINY_TRAINING = {"epochs": 1, "arch": "seed", "train_subset": 1000, "augment": "none", "val_size": 1000}
 TRAIN_PARAMETERS = {
     "epochs", "batch_size", "lr", "arch", "augment", "seed", "train_subset", "run_name", "device", "data_dir",
 }  # fmt: skip

@@ -3,20 +3,24 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import SEVEN
 
 from digitlib.dataset import DataError
-from digitlib.drawings import evaluate_drawings, load_drawings
+from digitlib.drawings import Drawing, drawings_to_digits, evaluate_drawings, load_drawings
 from digitlib.modeling.checkpoint import LoadedModel
 from digitlib.preprocess import (
     MAX_POINTS,
     MAX_STROKES,
+    MNIST_MEAN,
+    MNIST_STD,
+    BatchDrawingError,
     DrawingError,
+    render_drawings,
     resize_canvas_directly,
+    standardise,
     strokes_to_input,
     validate_strokes,
 )
-
-SEVEN = [[[60, 40], [200, 40], [120, 240]]]
 
 
 def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
@@ -126,3 +130,40 @@ def test_real_pen_digits_render(tmp_path):
         assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 == 20
         cy, cx = centre_of_mass(img)
         assert abs(cy - 13.5) <= 2 and abs(cx - 13.5) <= 2
+
+
+ONE = [[[140, 40], [140, 240]]]
+
+
+def test_a_batch_renders_each_drawing_as_the_dashboard_does():
+    images, rendered = render_drawings([SEVEN, ONE])
+    assert images.dtype == np.uint8 and images.shape == (2, 28, 28) and rendered == [0, 1]
+    assert np.array_equal(images[0], strokes_to_input(SEVEN)) and np.array_equal(images[1], strokes_to_input(ONE))
+    empty, none = render_drawings([])
+    assert empty.shape == (0, 28, 28) and empty.dtype == np.uint8 and none == []
+
+
+def test_a_bad_drawing_in_a_batch_is_named_by_its_position_or_skipped():
+    batch = [SEVEN, [], ONE, [[["x", 1]]]]
+    with pytest.raises(BatchDrawingError, match="drawing 1: the drawing is empty") as caught:
+        render_drawings(batch)
+    assert caught.value.index == 1 and isinstance(caught.value.reason, DrawingError)
+    images, rendered = render_drawings(batch, skip_bad=True)
+    assert rendered == [0, 2] and np.array_equal(images[1], strokes_to_input(ONE))
+
+
+def test_drawings_to_digits_names_the_drawing_that_cannot_be_rendered():
+    drawings = [Drawing(SEVEN, 7, "site-a", "w1"), Drawing([[[5, 5, 5]]], 1, "site-b", "w2")]
+    with pytest.raises(DataError, match=r"drawing 1 \(site-b w2\): stroke 0: points must be \[x, y\] pairs"):
+        drawings_to_digits(drawings)
+    digits = drawings_to_digits(drawings[:1])
+    assert digits.labels.tolist() == [7] and digits.images.dtype == torch.uint8
+    assert np.array_equal(digits.images[0].numpy(), strokes_to_input(SEVEN))
+
+
+def test_standardise_is_the_same_step_for_numpy_and_torch():
+    unit = np.array([0.0, MNIST_MEAN, 1.0], dtype=np.float32)
+    expected = [-MNIST_MEAN / MNIST_STD, 0.0, (1 - MNIST_MEAN) / MNIST_STD]
+    assert standardise(unit) == pytest.approx(expected, abs=1e-6)
+    assert standardise(torch.from_numpy(unit)).tolist() == pytest.approx(expected, abs=1e-6)
+    assert standardise(unit, mean=0.5, std=0.5).tolist() == pytest.approx([-1.0, 2 * MNIST_MEAN - 1, 1.0], abs=1e-6)

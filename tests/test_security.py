@@ -14,11 +14,10 @@ import subprocess
 
 import pytest
 import yaml
-from own_postgres import own_postgres_fixture
+from helpers import make_feedback
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
-from test_store import make_feedback, pg_url, sqlite_url  # noqa: F401  (fixtures)
 
 from digitlib import config, migrations
 from digitlib.limits import TokenBucket, submission_limit
@@ -26,7 +25,6 @@ from digitlib.store import FeedbackStore
 
 ROOT = config.PROJ_ROOT
 HOSTILE_ID = "x'); DROP TABLE prediction_logs;--"
-own_postgres = pytest.fixture(scope="module")(own_postgres_fixture)
 
 
 # --- Voilà and JupyterLab ------------------------------------------------------------------------
@@ -160,6 +158,7 @@ def test_sql_is_built_only_from_constants_or_checked_names():
 # --- the dashboard's database role ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # starts a PostgreSQL server of its own
 def test_dashboard_role_may_read_and_add_rows_and_nothing_else(own_postgres, tmp_path):
     """deploy/sql/dashboard-role.sql (as the db container runs it) + `migrate --grant-to`."""
     admin = make_url(own_postgres.url)
