@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from dashboard_driver import draw_in_page as draw
+from dashboard_driver import ink_at, kernel_of, wait_for_text
 from dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
-from tiny_model import tiny_model_dir
 
 from digitlib import config
 from digitlib.store import FeedbackStore
@@ -23,13 +24,13 @@ from digitlib.voila_guard import DISCONNECT_GRACE_S
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SERVER_START_S = 90
-A_SEVEN = [(60, 50), (220, 50), (120, 240)]  # canvas pixels
+A_SEVEN = [(60, 50), (220, 50), (120, 240)]  # canvas pixels: a 7 the tiny model reads as a digit
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_model_dir):
     """(url, database_url) of a running dashboard using a tiny model and a temporary SQLite file."""
-    model = tiny_model_dir(tmp_path_factory)
+    model = tiny_model_dir
     database = tmp_path_factory.mktemp("browser-db") / "feedback.db"
     env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: f"sqlite:///{database}"}
     with running_voila(env, timeout=SERVER_START_S, extra_args=["--pool_size=1"]) as (port, _):
@@ -46,29 +47,6 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
-
-
-def draw(page, strokes) -> None:
-    """Mouse strokes over the canvas, in canvas pixels, with many small moves like a hand."""
-    box = page.locator(".digit-canvas").bounding_box()
-    scale = box["width"] / 280
-    for stroke in strokes:
-        x, y = stroke[0]
-        page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
-        page.mouse.down()
-        for x, y in stroke[1:]:
-            page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=15)
-        page.mouse.up()
-
-
-def wait_for_text(page, selector: str, pattern: str, timeout_ms: int = 15_000) -> str:
-    page.wait_for_function(
-        "([sel, pat]) => { const e = document.querySelector(sel);"
-        " return e && new RegExp(pat).test(e.innerText.trim()); }",
-        arg=[selector, pattern],
-        timeout=timeout_ms,
-    )
-    return page.locator(selector).inner_text().strip()
 
 
 def test_draw_predict_label_and_store(server, browser):
@@ -107,14 +85,6 @@ def test_draw_predict_label_and_store(server, browser):
     assert row["image"].startswith(b"\x89PNG")
     store.dispose()
     page.close()
-
-
-def ink_at(page, x: int, y: int) -> list[int]:
-    return page.evaluate(
-        "([x, y]) => Array.from(document.querySelector('canvas.digit-canvas')"
-        ".getContext('2d').getImageData(x, y, 1, 1).data)",
-        [x, y],
-    )
 
 
 def test_a_stroke_is_one_message_and_undo_follows_the_kernel(server, browser):
@@ -188,10 +158,6 @@ def test_a_browser_cannot_run_code_in_the_dashboard_kernel(server, browser, tmp_
     assert not marker.exists()
 
 
-def kernel_of(page) -> str:
-    return page.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId")
-
-
 def wait_until_gone(url: str, kernel_id: str, seconds: float = 20) -> bool:
     import requests
 
@@ -231,7 +197,7 @@ def test_a_closed_page_shuts_its_kernel_down(server, browser):
 def test_the_page_works_after_hostile_frames_on_a_kernel_websocket(server, browser):
     """The 16-byte frame that made jupyter_server build 2**28 offsets, and friends, over a real socket."""
     import requests
-    from test_voila_guard import HOSTILE_OFFSETS, KernelSocket, comm_update, v1_frame
+    from dashboard_driver import HOSTILE_OFFSETS, KernelSocket, comm_update, v1_frame
 
     url, _ = server
     attacker = browser.new_page()
@@ -243,10 +209,8 @@ def test_the_page_works_after_hostile_frames_on_a_kernel_websocket(server, brows
         v1_frame("comm_msg", {}, raw_content=b"[" * 60_000),
         comm_update("x", {"width": 1e8}),
     ]:
-        sock.send(frame)
-        started = time.monotonic()
+        sock.send(frame)  # the server still answers (how fast: benchmarks/voila_attack.py)
         assert requests.get(f"{url}voila/static/materialcolors.css", timeout=10).status_code == 200
-        assert time.monotonic() - started < 2
     sock.close()
     attacker.close()
 

@@ -14,9 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from dashboard_driver import ink_at, wait_for_text
 from dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
-from test_browser import wait_for_text
-from tiny_model import tiny_model_dir
 
 from digitlib import config
 from digitlib.dashboard import CSS, TOUCH_PX, label_class
@@ -39,8 +38,8 @@ BUTTONS = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    model = tiny_model_dir(tmp_path_factory)
+def server(tmp_path_factory, tiny_model_dir):
+    model = tiny_model_dir
     database = tmp_path_factory.mktemp("phone-db") / "feedback.db"
     env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: f"sqlite:///{database}"}
     with running_voila(env, timeout=90, extra_args=["--pool_size=1"]) as (port, _):
@@ -84,13 +83,6 @@ def touch_stroke(page, points, steps: int = 12) -> None:
             )
     session.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     session.detach()
-
-
-def ink_at(page, x: int, y: int) -> list[int]:
-    return page.evaluate(
-        f"() => Array.from(document.querySelector('canvas.{CSS['canvas']}').getContext('2d')"
-        f".getImageData({x}, {y}, 1, 1).data)"
-    )
 
 
 def test_the_whole_canvas_is_on_a_phone_screen_and_the_page_stacks(phone):
@@ -150,10 +142,10 @@ def test_touch_drawing_over_the_whole_canvas_predicts_and_answers(phone, server)
 
 
 @pytest.fixture(scope="module")
-def rejecting_server(tmp_path_factory):
+def rejecting_server(tmp_path_factory, tiny_model_dir):
     """The tiny model with its operating point at 0: every drawing is answered "not a digit"."""
     model = tmp_path_factory.mktemp("rejecting") / "model"
-    shutil.copytree(tiny_model_dir(tmp_path_factory), model)
+    shutil.copytree(tiny_model_dir, model)
     metadata = json.loads((model / "metadata.json").read_text())  # model.onnx, the checked file, is untouched
     metadata["rejection"] = {**(metadata.get("rejection") or {}), "threshold": 0.0}
     (model / "metadata.json").write_text(json.dumps(metadata))

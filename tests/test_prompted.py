@@ -11,9 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-from test_dashboard import SEVEN, draw
-from test_store import UNREACHABLE_URL, make_feedback, pg_url, sqlite_url  # noqa: F401 - fixtures
-from tiny_model import tiny_model_dir
+from dashboard_driver import draw
+from helpers import SEVEN, UNREACHABLE_URL, make_feedback, save_untrained_model
 
 from digitlib import config
 from digitlib.dashboard import FREE_MODE_TEXT, PROMPTED_MODE_TEXT, Dashboard, PromptPicker
@@ -23,15 +22,8 @@ from digitlib.store import FeedbackStore
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return load_onnx_model(tiny_model_dir(tmp_path_factory))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-    s = FeedbackStore(url, queue_file=tmp_path / "queue.jsonl")
-    yield s
-    s.dispose()
+    """Random weights: the label of a prompted drawing is the prompt's, whatever the model says."""
+    return load_onnx_model(save_untrained_model(tmp_path_factory.mktemp("untrained") / "model"))
 
 
 def prompted_digit(dash: Dashboard) -> int:
@@ -122,7 +114,7 @@ def test_prompts_go_on_while_the_database_is_down_and_the_answer_is_queued(model
     down.dispose()
 
 
-def test_load_feedback_returns_the_label_source_even_from_before_revision_0004(tmp_path, sqlite_url):  # noqa: F811
+def test_load_feedback_returns_the_label_source_even_from_before_revision_0004(tmp_path, sqlite_url):
     from digitlib import migrations
     from digitlib.feedback import load_feedback
 
@@ -144,10 +136,10 @@ def test_load_feedback_returns_the_label_source_even_from_before_revision_0004(t
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_model_dir):
     from dashboard_server import running_voila
 
-    model = tiny_model_dir(tmp_path_factory)
+    model = tiny_model_dir
     database = tmp_path_factory.mktemp("prompted-db") / "feedback.db"
     env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: f"sqlite:///{database}"}
     with running_voila(env, timeout=90, extra_args=["--pool_size=1"]) as (port, _):
@@ -157,10 +149,9 @@ def server(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_prompted_drawing_in_the_browser(server):
+    from dashboard_driver import draw_in_page, wait_for_text
     from dashboard_server import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
-    from test_browser import draw as draw_in_page
-    from test_browser import wait_for_text
 
     from digitlib.drawings import load_drawings
 

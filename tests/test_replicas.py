@@ -14,21 +14,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
+import replicas as replica_stack  # benchmarks/replicas.py: the stack both start
+from dashboard_driver import draw_in_page
+from dashboard_driver import wait_for_text as wait_for_text_within
 from dashboard_server import CHROMIUM, CHROMIUM_ARGS, stop_group
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from tiny_model import tiny_model_dir
 
 from digitlib import config
-
-sys.path.insert(0, str(config.PROJ_ROOT / "benchmarks"))
-import replicas as replica_stack  # noqa: E402  (benchmarks/replicas.py: the stack both start)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -57,11 +55,11 @@ def database_url():
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, database_url):
+def stack(tmp_path_factory, tiny_model_dir, database_url):
     """Two replicas on the one database behind caddy; all stopped afterwards."""
     if not Path(replica_stack.CADDY).is_file():
         pytest.fail(f"{replica_stack.CADDY} is missing: `make caddy` installs Debian's caddy")
-    model = tiny_model_dir(tmp_path_factory)
+    model = tiny_model_dir
     env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: database_url}
     with replica_stack.running_replicas(env, tmp_path_factory.mktemp("replicas"), count=2) as stack:
         yield stack
@@ -107,14 +105,7 @@ class Visitor:
 
     def draw_and_answer(self, label: int) -> None:
         """Draw a seven, wait for the answer (it comes over the kernel's websocket), then answer `label`."""
-        box = self.page.locator(".digit-canvas").bounding_box()
-        scale = box["width"] / 280
-        x, y = A_SEVEN[0]
-        self.page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
-        self.page.mouse.down()
-        for x, y in A_SEVEN[1:]:
-            self.page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=15)
-        self.page.mouse.up()
+        draw_in_page(self.page, [A_SEVEN])
         wait_for_text(self.page, ".digit-prediction", r"^([0-9]$|Not a digit)")  # a model may reject it
         self.page.locator(f".digit-label-{label}").click()
         assert f"Saved as {label}" in wait_for_text(self.page, ".digit-status", "Saved")
@@ -123,14 +114,8 @@ class Visitor:
         self.context.close()
 
 
-def wait_for_text(page, selector: str, pattern: str, timeout_ms: int = 30_000) -> str:
-    page.wait_for_function(
-        "([sel, pat]) => { const e = document.querySelector(sel);"
-        " return e && new RegExp(pat).test(e.innerText.trim()); }",
-        arg=[selector, pattern],
-        timeout=timeout_ms,
-    )
-    return page.locator(selector).inner_text().strip()
+def wait_for_text(page, selector: str, pattern: str) -> str:
+    return wait_for_text_within(page, selector, pattern, timeout_ms=30_000)  # through the proxy: slower
 
 
 def visitor_on(browser, url: str, replica: str | None, attempts: int = 40) -> Visitor:
@@ -213,7 +198,11 @@ def test_a_hung_or_stopped_replica_leaves_the_rotation(stack, browser, database_
         # Stopped for good: still out of the rotation; the regular visitor's next page moves over.
         os.kill(replicas[gone].pid, signal.SIGCONT)
         stop_group(replicas[gone])
-        time.sleep(HEALTH_INTERVAL_S + 1)
+        logged = log.stat().st_size
+        deadline = time.monotonic() + 4 * HEALTH_INTERVAL_S
+        while not active_check_failures(log, logged, gone):  # Caddy has seen it stopped
+            assert time.monotonic() < deadline, f"no failed check of the stopped {gone}:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
         for _ in range(10):
             status, replica = replica_stack.probe(url, timeout=5)
             assert (status, replica) == (200, kept)

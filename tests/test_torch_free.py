@@ -7,10 +7,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
-
-from digitlib.modeling.checkpoint import save_model
-from digitlib.modeling.models import build_model
+from helpers import save_untrained_model
 
 
 def fresh_interpreter(code: str, env: dict | None = None) -> dict:
@@ -21,7 +18,15 @@ def fresh_interpreter(code: str, env: dict | None = None) -> dict:
 
 
 @pytest.mark.parametrize(
-    "module", ["digitlib.store", "digitlib.preprocess", "digitlib.registry", "digitlib.dashboard", "digitlib.serving"]
+    "module",
+    [
+        "digitlib.store",
+        "digitlib.preprocess",
+        "digitlib.registry",
+        "digitlib.dashboard",
+        "digitlib.stroke_pad",
+        "digitlib.serving",
+    ],
 )
 def test_serving_modules_import_no_torch(module):
     result = fresh_interpreter(f"import json, sys, {module}; print(json.dumps({{'torch': 'torch' in sys.modules}}))")
@@ -42,8 +47,7 @@ def test_a_dashboard_predicts_and_follows_the_registry_without_torch(tmp_path):
 
     models = tmp_path / "models"
     for seed, name in ((0, "default"), (1, "cand")):
-        torch.manual_seed(seed)
-        save_model(build_model("seed"), models / name, {"arch": "seed", "arch_params": {}}, onnx_check_limit=100)
+        save_untrained_model(models / name, onnx_check_limit=100, seed=seed)
     code = f"""
 import json, sys
 from pathlib import Path

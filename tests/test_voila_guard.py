@@ -12,15 +12,13 @@ import json
 import os
 import re
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
 import requests
+from dashboard_driver import HOSTILE_OFFSETS, KernelSocket, comm_update, stroke_frame, v1_frame
 from dashboard_server import running_voila
-from jupyter_server.services.kernels.connection.base import deserialize_msg_from_ws_v1, serialize_msg_to_ws_v1
-from tiny_model import tiny_model_dir
 
 from digitlib import config
 from digitlib.stroke_pad import MAX_STROKE_POINTS
@@ -36,41 +34,23 @@ from digitlib.voila_guard import (
     trusted_proxies,
 )
 
-HOSTILE_OFFSETS = bytes.fromhex("ffffff0f") + bytes(12)  # claims 2**28 - 1 offsets in 16 bytes
 PER_CLIENT = 2
-
-
-def v1_frame(msg_type: str, content: dict, channel: str = "shell", raw_content: bytes | None = None) -> bytes:
-    header = {
-        "msg_id": uuid.uuid4().hex,
-        "username": "visitor",
-        "session": "test",
-        "msg_type": msg_type,
-        "version": "5.3",
-        "date": "2026-01-01T00:00:00.000Z",
-    }
-    parts = [json.dumps(header).encode(), b"{}", b"{}", raw_content or json.dumps(content).encode()]
-    return serialize_msg_to_ws_v1(parts, channel)
-
-
-def stroke_frame(comm_id: str, points) -> bytes:
-    """A stroke as the page's pad sends it at pointer-up."""
-    content = {"event": "stroke", "points": points}
-    return v1_frame("comm_msg", {"comm_id": comm_id, "data": {"method": "custom", "content": content}})
-
-
-def comm_update(comm_id: str, state: dict) -> bytes:
-    return v1_frame("comm_msg", {"comm_id": comm_id, "data": {"method": "update", "state": state, "buffer_paths": []}})
 
 
 # --- in process -----------------------------------------------------------------------------------
 
 
 def test_the_16_byte_frame_is_refused_before_anything_is_built():
-    started = time.process_time()
-    with pytest.raises(FrameError, match="offsets"):
-        check_frame(HOSTILE_OFFSETS, V1)
-    assert time.process_time() - started < 0.5  # jupyter_server alone spends minutes building a list
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(FrameError, match="offsets"):
+            check_frame(HOSTILE_OFFSETS, V1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20  # jupyter_server alone builds a list of 2**28 offsets (GiBs, minutes)
 
 
 @pytest.mark.parametrize(
@@ -174,9 +154,9 @@ def test_voila_json_installs_the_guard_and_culls_within_minutes():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_model_dir):
     """URL of a running dashboard: pool of one, two kernels per client, culling after 20 s idle."""
-    model = tiny_model_dir(tmp_path_factory)
+    model = tiny_model_dir
     database = tmp_path_factory.mktemp("guard-db") / "feedback.db"
     env = {
         **os.environ,
@@ -211,49 +191,11 @@ def kernel_alive(url: str, kernel_id: str) -> bool:
     return requests.get(f"{url}api/kernels/{kernel_id}", timeout=10).status_code == 200
 
 
-class KernelSocket:
-    """A page's kernel websocket spoken to by hand (v1 protocol)."""
+def server_answers(url: str) -> bool:
+    """The server serves a static file (within requests' timeout) while the attack is under way.
 
-    def __init__(self, url: str, kernel_id: str) -> None:
-        import websocket
-
-        ws_url = url.replace("http://", "ws://") + f"api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}"
-        self.ws = websocket.create_connection(ws_url, subprotocols=[V1], timeout=30)
-
-    def send(self, frame: bytes) -> None:
-        self.ws.send_binary(frame)
-
-    def replies(self, seconds: float):
-        """(msg_type, content) of each message the kernel sends within `seconds`."""
-        import websocket
-
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.ws.settimeout(max(0.05, deadline - time.monotonic()))
-            try:
-                frame = self.ws.recv()
-            except websocket.WebSocketTimeoutException:
-                return
-            _channel, parts = deserialize_msg_from_ws_v1(frame)
-            yield json.loads(parts[0])["msg_type"], json.loads(parts[3])
-
-    def ask(self, frame: bytes, wanted, seconds: float = 30):
-        """The first reply for which `wanted(msg_type, content)` holds."""
-        self.send(frame)
-        for msg_type, content in self.replies(seconds):
-            if wanted(msg_type, content):
-                return content
-        raise AssertionError("no such reply")
-
-    def close(self) -> None:
-        self.ws.close()
-
-
-def http_answers(url: str) -> float:
-    """Seconds the server takes to answer a static file while the attack is under way."""
-    started = time.monotonic()
-    assert requests.get(f"{url}voila/static/materialcolors.css", timeout=10).status_code == 200
-    return time.monotonic() - started
+    How fast is benchmarks/voila_attack.py's figure, not a test's."""
+    return requests.get(f"{url}voila/static/materialcolors.css", timeout=10).status_code == 200
 
 
 @pytest.mark.slow
@@ -269,7 +211,7 @@ def test_hostile_frames_over_the_real_socket_cost_nothing(server):
     ]
     for frame in hostile:
         sock.send(frame)
-        assert http_answers(url) < 2  # the server keeps answering everyone meanwhile
+        assert server_answers(url)  # the server keeps answering everyone meanwhile
     info = sock.ask(v1_frame("comm_info_request", {}), lambda t, c: t == "comm_info_reply")
     assert info["comms"]  # the same socket still works: the kernel got nothing it chokes on
     sock.close()
@@ -280,12 +222,25 @@ def test_hostile_frames_over_the_real_socket_cost_nothing(server):
     sock.close()
     # Beyond voila.json's websocket_max_message_size tornado closes the socket without buffering it.
     assert frame_closes_the_socket(KernelSocket(url, second), b"\0" * (2 * 2**20))
-    assert http_answers(url) < 2
+    assert server_answers(url)
     for client_session, kernel in [(session, kernel_id), (second_session, second)]:
         shut_down(url, client_session, kernel)
     log = server.log.read_text()
     assert re.search(f"dropped a frame on kernel {kernel_id} from [0-9.]+: 268435455 offsets", log)
     assert "message type 'execute_request' is not one the dashboard sends" in log
+
+
+def socket_when_free(url: str, kernel_id: str, seconds: float = 20) -> KernelSocket:
+    import websocket
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return KernelSocket(url, kernel_id)
+        except websocket.WebSocketBadStatusException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -299,9 +254,8 @@ def test_a_kernel_takes_only_a_few_sockets(server):
         KernelSocket(url, kernel_id)
     assert sockets[0].ask(v1_frame("kernel_info_request", {}), lambda t, c: t == "kernel_info_reply")  # all open
     sockets.pop().close()
-    time.sleep(1)
-    sockets.append(KernelSocket(url, kernel_id))  # a place again
-    assert http_answers(url) < 2
+    sockets.append(socket_when_free(url, kernel_id))  # a place again once the server saw the close
+    assert server_answers(url)
     for sock in sockets:
         sock.close()
     shut_down(url, session, kernel_id)
@@ -416,25 +370,24 @@ def test_a_crowd_gets_pages_or_a_starting_page_never_a_hang(server):
 
     def first_answer(client):
         session = requests.Session()
-        started = time.monotonic()
-        reply = session.get(url, headers={"X-Forwarded-For": client}, timeout=60)
-        return session, reply, time.monotonic() - started
+        # Not a hang: a page or the starting page well before a queue of kernel starts could end.
+        reply = session.get(url, headers={"X-Forwarded-For": client}, timeout=30)
+        return session, reply
 
     with ThreadPoolExecutor(len(clients)) as pool:
         answers = list(pool.map(first_answer, clients))
-    statuses = sorted(reply.status_code for _, reply, _ in answers)
+    statuses = sorted(reply.status_code for _, reply in answers)
     assert set(statuses) <= {200, 503}, statuses
-    for _, reply, seconds in answers:
+    for _, reply in answers:
         if reply.status_code == 503:
             assert "starting" in reply.text and reply.headers["Retry-After"] == "2"
-            assert seconds < 30  # the starting page comes after a short wait, not a kernel start queue
         else:
             assert "kernelId" in reply.text
     # Each of them gets the dashboard by following the page's own retry.
     for client in clients:
         session, kernel_id = open_page(url, client)
         shut_down(url, session, kernel_id)
-    for session, reply, _ in answers:
+    for session, reply in answers:
         if reply.status_code == 200:
             shut_down(url, session, re.search(r'"kernelId": *"([^"]+)"', reply.text).group(1))
 
