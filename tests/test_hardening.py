@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+from dashboard_driver import draw
 from helpers import SEVEN, UNREACHABLE_URL, make_feedback, save_untrained_model
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -470,8 +471,6 @@ def test_the_dashboard_page_never_shows_the_password_of_a_malformed_url(untraine
 
 def test_a_visitor_whose_answer_cannot_be_stored_is_told_it_is_kept(untrained_model, tmp_path):
     """The read-only SQLite case through the dashboard's own handler: never "Something went wrong"."""
-    from test_dashboard import draw  # until the dashboard's test driver has a module of its own (h1)
-
     from digitlib.dashboard import Dashboard
     from digitlib.modeling.checkpoint import load_model
 
