@@ -1,11 +1,12 @@
 """What the feedback loop is worth: feedback from some sites of the drawn digits, accuracy on the others.
 
 Visitors are simulated with the drawings of the feedback sites (each goes through the
-dashboard's predict path and is stored with its true label in a temporary SQLite store); the
-feedback is exported, the base model fine-tuned on MNIST plus the oversampled feedback, and
-base and candidate compared on the MNIST test set, the feedback held-out split, MNIST's
-validation split and the sites whose drawings were never seen (the gate's trusted data: here the
-pen-digit dev set less the feedback sites). Works in a temporary registry: models/ is left as it is.
+dashboard's predict path and is stored with its true label in a temporary SQLite store); then
+one digitlib.retrain in a temporary registry (models/ is left as it is, the candidate stays in
+memory): the feedback is exported, the base model fine-tuned on MNIST plus the oversampled
+feedback, and base and candidate compared on the MNIST test set, the feedback held-out split,
+MNIST's validation split and the sites whose drawings were never seen (the gate's trusted
+pen-digit set: the dev set less the feedback sites, also shown per site).
 
     .venv/bin/python benchmarks/feedback_loop.py [--base models/default] [--per-site 600] [--json]
 """
@@ -19,13 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from digitlib import config, feedback, registry
-from digitlib.dataset import load_mnist, train_val_split
+from digitlib import config, retrain, simulate
 from digitlib.drawings import drawings_to_digits, load_drawings
 from digitlib.modeling.checkpoint import load_model
-from digitlib.modeling.train import save_training, train
 from digitlib.store import FeedbackStore
 
 
@@ -44,13 +41,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def fill_store(url: str, base, drawings, queue: Path) -> float:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the dashboard predicts one drawing at a time
     store = FeedbackStore(url, queue_file=queue)
     start = time.perf_counter()
-    feedback.submit_drawings(store, base, drawings)
+    simulate.submit_drawings(store, base, drawings)
     store.dispose()
-    torch.set_num_threads(threads)
     return time.perf_counter() - start
 
 
@@ -67,29 +61,23 @@ def main() -> None:
     url = f"sqlite:///{work / 'feedback.db'}"
 
     fill_seconds = fill_store(url, base, visitors, work / "queue.jsonl")
-    manifest = feedback.export_training_set(work / "export", url)
-    export = feedback.load_export(work / "export")
-    mnist_train, mnist_validation = train_val_split(load_mnist("train"), 5000, seed=0)
-    mix = feedback.training_mix(mnist_train, export.train, args.mnist_subset, args.oversample)
-    cfg = feedback.fine_tune_config(base, epochs=args.epochs, lr=args.lr)
-    result = train(cfg, mix, None, progress=False)
-    candidate = load_model(save_training(result, models / "candidate"))
-
-    sets = {"mnist_test": load_mnist("test"), "feedback_holdout": export.holdout, "mnist_validation": mnist_validation}
-    for site in sorted({d.source for d in unseen}):
-        sets[f"unseen {site}"] = drawings_to_digits([d for d in unseen if d.source == site])
-    sets["unseen sites (all)"] = drawings_to_digits(unseen)
-    table = feedback.compare_models({"before": base, "after": candidate}, sets)
-    gate = {"drawings": "unseen sites (all)", **{n: n for n in ("mnist_test", "feedback_holdout", "mnist_validation")}}
-    decision = registry.decide(
-        {key: table.loc[row, "after"] for key, row in gate.items()},
-        {key: table.loc[row, "before"] for key, row in gate.items()},
-    )
+    data = retrain.reference_data(
+        drawings=drawings_to_digits(unseen),
+        reported={f"unseen {site}": drawings_to_digits([d for d in unseen if d.source == site])
+                  for site in sorted({d.source for d in unseen})},
+    )  # fmt: skip
+    settings = retrain.RetrainSettings(oversample=args.oversample, mnist_subset=args.mnist_subset, epochs=args.epochs,
+                                       lr=args.lr)  # fmt: skip
+    run = retrain.retrain(url, work / "export", data, settings, models_dir=models, register=False, progress=False)
+    manifest, result, table, decision = run.manifest, run.training, run.comparison.table, run.comparison.decision
+    table = table.rename(columns={"current": "before", "candidate": "after"}, index={"drawings": "unseen sites (all)"})
 
     print(f"base {base.version}; feedback: {len(visitors)} drawings from {sorted(sites)} "
           f"({manifest['counts']['train']['n']} train, {manifest['counts']['holdout']['n']} held out), "
           f"stored in {fill_seconds:.0f} s")  # fmt: skip
-    print(f"fine-tuning: {len(mix):,} images x {args.epochs} epochs in {result.train_seconds:.0f} s ({result.device})")
+    print(
+        f"fine-tuning: {run.mix_size:,} images x {args.epochs} epochs in {result.train_seconds:.0f} s ({result.device})"
+    )
     print(f"{'set':<22} {'n':>6} {'before':>8} {'after':>8}")
     for name, row in table.iterrows():
         print(f"{name:<22} {int(row['n']):>6} {row['before']:>8.2%} {row['after']:>8.2%}")

@@ -10,12 +10,14 @@ share of their labels made wrong:
 - garbage: non-digit drawings (../shared/data/non-digits) added, labelled as random digits, so
   that they make up `rate` of the feedback.
 
-For each run the feedback is exported (label checks on: suspect rows left out; off: all kept),
-the flags are scored against the injected rows (precision, recall), the base model is
-fine-tuned briefly on a few thousand MNIST images plus the feedback, and the promotion rule
-(registry.decide) judges it on the feedback held-out split, MNIST test, MNIST validation and a
-pen-digit set made of half the writers of the sites not used for feedback. The other half are
-writers neither the feedback nor the gate ever saw: `*_unseen_accuracy` is measured on them.
+Each run is one digitlib.retrain, the candidate kept in memory (a temporary registry; models/ is
+left as it is): the feedback is exported (label checks on: suspect rows left out; off: all kept),
+the flags are scored against the injected rows (precision, recall), the base model is fine-tuned
+briefly on a few thousand MNIST images plus the feedback, and the promotion rule (registry.decide)
+judges it on the feedback held-out split, MNIST test, MNIST validation and a pen-digit set made of
+half the writers of the sites not used for feedback. The other half are writers neither the
+feedback nor the gate ever saw: `*_unseen_accuracy` is measured on them. Every attack and rate
+runs with the same settings.
 
     nice -n 19 .venv/bin/python benchmarks/poisoned_feedback.py [--json] [--attacks random,targeted,garbage]
         [--rates 0.1,0.3] [--per-site 300] [--mnist-subset 4000] [--no-unchecked]
@@ -32,14 +34,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 
-from digitlib import config, feedback, registry
-from digitlib.dataset import load_mnist, train_val_split
+from digitlib import config, feedback, retrain, simulate
 from digitlib.drawings import Drawing, drawings_to_digits, load_drawings
-from digitlib.modeling.checkpoint import load_model, outputs_of
-from digitlib.modeling.train import save_training, train
+from digitlib.modeling.checkpoint import load_model
 from digitlib.store import FeedbackStore
 
 LOOK_ALIKE = {0: 6, 1: 7, 2: 7, 3: 8, 4: 9, 5: 6, 6: 0, 7: 1, 8: 3, 9: 4}  # the targeted attack's mapping
@@ -96,35 +94,21 @@ def writer_half(drawing: Drawing) -> int:
     return int(hashlib.sha256(f"{drawing.source}/{drawing.writer}".encode()).hexdigest(), 16) % 2
 
 
-def run_once(args, work: Path, base, visitors, wrong, checks: bool, sets: dict, current_table, mnist_train) -> dict:
+def run_once(args, work: Path, base, visitors, wrong, checks: bool, data, current_accuracy, predict) -> dict:
     url = f"sqlite:///{work / 'feedback.db'}"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the dashboard predicts one drawing at a time
     store = FeedbackStore(url, queue_file=work / "queue.jsonl")
-    feedback.submit_drawings(store, base, visitors)
+    simulate.submit_drawings(store, base, visitors, predict=predict)
     store.dispose()
-    torch.set_num_threads(threads)
     ids = feedback.load_feedback(url)["submission_id"].tolist()  # oldest first: the visitors' order
     injected = {ids[i] for i in np.flatnonzero(wrong)}
-    manifest = feedback.export_training_set(work / "export", url, check_labels=checks, models_dir=work / "models")
-    flagged = {e["submission_id"] for e in manifest["label_checks"]["suspect"] or []}
-    export = feedback.load_export(work / "export")
-    mix = feedback.training_mix(mnist_train, export.train, args.mnist_subset, args.oversample)
-    # a base with a not-digit output keeps it (generated negatives); a 10-output one stays 10 (faster)
-    negatives = {} if outputs_of(base.metadata) > 10 else {"negatives": 0.0}
-    cfg = feedback.fine_tune_config(base, epochs=args.epochs, lr=args.lr, augment="none", **negatives)
-    result = train(cfg, mix, None, progress=False)
-    candidate = load_model(save_training(result, work / "models" / "candidate"))
-    # the current model's figures on the fixed sets are measured once (current_table), the candidate's every run
-    table = feedback.compare_models({"candidate": candidate}, {**sets, "feedback_holdout": export.holdout})
-    holdout = feedback.compare_models({"current": base}, {"feedback_holdout": export.holdout})
-    table["current"] = pd.concat([current_table["current"], holdout["current"]])
-    gate = ("feedback_holdout", "mnist_test", "mnist_validation", "drawings")
-    decision = registry.decide(*({k: table.loc[k, who] for k in gate} for who in ("candidate", "current")))
-    shutil.rmtree(work / "models" / "candidate")
+    settings = retrain.RetrainSettings(oversample=args.oversample, mnist_subset=args.mnist_subset, epochs=args.epochs,
+                                       lr=args.lr, augment="none", check_labels=checks)  # fmt: skip
+    run = retrain.retrain(url, work / "export", data, settings, models_dir=work / "models", register=False,
+                          progress=False, current_accuracy=current_accuracy)  # fmt: skip
+    flagged = {e["submission_id"] for e in run.manifest["label_checks"]["suspect"] or []}
     for path in (work / "feedback.db", work / "queue.jsonl"):
         path.unlink(missing_ok=True)
-    hits = len(flagged & injected)
+    hits, table, decision = len(flagged & injected), run.comparison.table, run.comparison.decision
     return {
         "checks": checks,
         "feedback": len(visitors),
@@ -138,7 +122,7 @@ def run_once(args, work: Path, base, visitors, wrong, checks: bool, sets: dict, 
         "feedback_gain": round(decision.feedback_gain, 4),
         "promoted": decision.promote,
         "reason": decision.reason,
-        "train_seconds": round(result.train_seconds, 1),
+        "train_seconds": round(run.training.train_seconds, 1),
     }
 
 
@@ -153,14 +137,14 @@ def main(argv=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="poisoned-feedback-"))
     shutil.copytree(args.base, work / "models" / "default")
     base = load_model(work / "models" / "default")
-    mnist_train, mnist_validation = train_val_split(load_mnist("train"), 5000, seed=0)
-    sets = {
-        "mnist_test": load_mnist("test").head(args.mnist_test_size),
-        "mnist_validation": mnist_validation.head(args.mnist_validation_size),
-        "drawings": drawings_to_digits([d for d in others if writer_half(d) == 0]),  # the gate's pen-digit set
-        "unseen": drawings_to_digits([d for d in others if writer_half(d) == 1]),  # writers nobody looked at
-    }
-    current_table = feedback.compare_models({"current": base}, sets)
+    data = retrain.reference_data(
+        mnist_test_size=args.mnist_test_size,
+        mnist_validation_size=args.mnist_validation_size,
+        drawings=drawings_to_digits([d for d in others if writer_half(d) == 0]),  # the gate's pen-digit set
+        reported={"unseen": drawings_to_digits([d for d in others if writer_half(d) == 1])},  # nobody looked at
+    )
+    current_accuracy = retrain.compare_models({"current": base}, data.fixed_sets())["current"].to_dict()  # once
+    predict = simulate.remembered_predictions(base)  # the same drawings come back in every run
     plan = [("random", 0.0)] + [(a, float(r)) for a in args.attacks.split(",") for r in args.rates.split(",")]
     runs = []
     for attack, rate in plan:
@@ -169,7 +153,7 @@ def main(argv=None) -> dict:
             row = {
                 "attack": attack,
                 "rate": rate,
-                **run_once(args, work, base, answered, wrong, checks, sets, current_table, mnist_train),
+                **run_once(args, work, base, answered, wrong, checks, data, current_accuracy, predict),
             }
             runs.append(row)
             print(f"{attack:<9} {rate:4.0%} checks {'on ' if checks else 'off'} flagged {row['flagged']} "
@@ -181,8 +165,8 @@ def main(argv=None) -> dict:
     summary = {
         "base": base.version,
         "feedback_sites": sorted(sites),
-        "unseen_writers": len(sets["unseen"]),
-        "gate_pen_digits": len(sets["drawings"]),
+        "unseen_writers": len(data.reported["unseen"]),
+        "gate_pen_digits": len(data.drawings),
         "clean_gain": clean_gain,
         "seconds": round(time.perf_counter() - start, 1),
         "runs": runs,

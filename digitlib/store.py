@@ -644,19 +644,5 @@ class FeedbackStore:
             result = connection.execute(select(prediction_logs).order_by(prediction_logs.c.id))
             return [dict(r._mapping) for r in result]
 
-    def drawings(self):
-        """Stored digit answers as drawings (strokes + true label) for evaluation or training.
-
-        They go through the same preprocess.strokes_to_input path as the dashboard's input.
-        "Not a digit" answers have no digit label: they are left out (feedback.py exports them).
-        """
-        from digitlib.drawings import Drawing
-
-        return [
-            Drawing(r["strokes"], r["true_label"], "feedback", r["session_id"])
-            for r in self.rows()
-            if not r["not_digit"]
-        ]
-
     def dispose(self) -> None:
         self.engine.dispose()

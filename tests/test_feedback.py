@@ -1,4 +1,4 @@
-"""Feedback as a DataFrame (SQLite and PostgreSQL), the training-set export and the retrain recipe."""
+"""Feedback as a DataFrame (SQLite and PostgreSQL), its analysis and drawings, and the training-set export."""
 
 from __future__ import annotations
 
@@ -8,19 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_store import pg_url, sqlite_url  # noqa: F401  (fixtures: the same databases as the store tests)
+from helpers import SEVEN
 
 from digitlib import cli, feedback
-from digitlib.dataset import Digits
-from digitlib.feedback import FeedbackDataError, export_training_set, in_holdout, load_export, load_feedback
-from digitlib.modeling.checkpoint import CheckpointError, load_model, save_model
-from digitlib.modeling.models import build_model
-from digitlib.modeling.train import TrainConfig, train
+from digitlib.feedback import FeedbackDataError, feedback_drawings, load_feedback
+from digitlib.feedback_export import export_training_set, in_holdout, load_export
 from digitlib.preprocess import strokes_to_input
-from digitlib.store import NOT_A_DIGIT, Feedback, FeedbackStore
+from digitlib.retrain import concat_digits
+from digitlib.store import NOT_A_DIGIT, Feedback, FeedbackStore, redact_url
 
 ONE = [[[140, 40], [140, 240]]]
-SEVEN = [[[100, 60], [180, 60], [130, 220]]]
 FOUR = [[[100, 40], [80, 160], [200, 160]], [[170, 80], [170, 250]]]
 
 
@@ -108,7 +105,14 @@ def test_analysis_tables(filled):
 
 def test_password_never_reaches_a_manifest():
     url = "postgresql+psycopg2://me:s3cret@db.example:5432/feedback"
-    assert feedback.password_free_url(url) == "postgresql+psycopg2://me:***@db.example:5432/feedback"
+    assert redact_url(url) == "postgresql+psycopg2://me:***@db.example:5432/feedback"
+    assert not hasattr(feedback, "password_free_url")  # one redaction function: store.redact_url
+
+
+def test_digit_answers_come_back_as_drawings(filled):
+    drawings = feedback_drawings(filled)
+    assert [d.label for d in drawings] == [1, 7, 1, 4, 9, 7] and drawings[1].strokes == SEVEN
+    assert {d.source for d in drawings} == {"feedback"} and drawings[0].writer == "s1"
 
 
 # --- export ----------------------------------------------------------------------------------------
@@ -119,7 +123,7 @@ def test_export_rerenders_deduplicates_and_writes_a_manifest(filled, tmp_path):
     assert manifest["rows_in_db"] == 6 and manifest["exported"] == 3  # ONE, SEVEN, the other 7
     # hand-drawn strokes the model reads as labelled: no label suspect here (test_label_checks poisons some)
     assert manifest["dropped"] == {"duplicates": 1, "conflicting_labels": 2, "unrenderable": 0, "suspect_labels": 0}
-    assert manifest["source_db"] == feedback.password_free_url(filled)
+    assert manifest["source_db"] == redact_url(filled)
     counts = manifest["counts"]
     assert counts["train"]["n"] + counts["holdout"]["n"] == 3
     total = {d: counts["train"]["per_label"][d] + counts["holdout"]["per_label"][d] for d in map(str, range(10))}
@@ -127,7 +131,7 @@ def test_export_rerenders_deduplicates_and_writes_a_manifest(filled, tmp_path):
     assert manifest["time_range"]["first"] <= manifest["time_range"]["last"]
 
     export = load_export(tmp_path / "export")
-    both = feedback.concat_digits(export.train, export.holdout)
+    both = concat_digits(export.train, export.holdout)
     assert len(both) == 3 and both.images.dtype == torch.uint8
     # Re-rendered from the strokes with today's preprocessing, not the (blank) stored PNG.
     rendered = {int(label): torch.as_tensor(strokes_to_input(s)) for s, label in ((ONE, 1), (SEVEN, 7))}
@@ -158,7 +162,7 @@ def test_the_split_is_fixed_by_submission_id(url, tmp_path):
     assert holdout_ids(tmp_path / "two") & {r.submission_id for r in first} == expected
 
 
-def test_exporting_an_empty_database_is_a_clear_error(sqlite_url, tmp_path, capsys):  # noqa: F811
+def test_exporting_an_empty_database_is_a_clear_error(sqlite_url, tmp_path, capsys):
     with pytest.raises(FeedbackDataError, match="no feedback in sqlite"):
         export_training_set(tmp_path / "out", sqlite_url)
     assert cli.main(["export-feedback", str(tmp_path / "out"), "--database-url", sqlite_url]) == 2
@@ -186,47 +190,6 @@ def test_an_altered_export_is_refused(filled, tmp_path):
         load_export(tmp_path / "e")
     with pytest.raises(FeedbackDataError, match="no manifest.json"):
         load_export(tmp_path / "nowhere")
-
-
-# --- the retrain recipe ----------------------------------------------------------------------------
-
-
-def digits(n, label):
-    return Digits(torch.full((n, 28, 28), label, dtype=torch.uint8), torch.full((n,), label, dtype=torch.long))
-
-
-def test_training_mix_oversamples_the_feedback():
-    mix = feedback.training_mix(digits(100, 0), digits(3, 5), mnist_subset=40, oversample=4)
-    assert len(mix) == 52 and int((mix.labels == 5).sum()) == 12
-    assert len(feedback.training_mix(digits(100, 0), digits(3, 5), None, 0)) == 100
-    with pytest.raises(ValueError, match="oversample"):
-        feedback.training_mix(digits(1, 0), digits(1, 1), oversample=-1)
-
-
-def test_fine_tuning_starts_from_the_base_weights(tmp_path):
-    torch.manual_seed(3)
-    base = load_model(save_model(build_model("seed"), tmp_path / "base", {"arch": "seed", "arch_params": {}}))
-    cfg = feedback.fine_tune_config(base, epochs=1, lr=0.0, schedule="constant", augment="none", threads=1)
-    assert cfg.arch == "seed" and cfg.init_from == str(tmp_path / "base")
-    result = train(cfg, digits(64, 3), None, progress=False)
-    # Learning rate 0: the model is exactly the one it started from (no BatchNorm in `seed`).
-    for name, tensor in base.model.state_dict().items():
-        assert torch.equal(result.model.state_dict()[name], tensor), name
-
-
-def test_fine_tuning_refuses_another_architecture(tmp_path):
-    save_model(build_model("seed"), tmp_path / "base", {"arch": "seed", "arch_params": {}})
-    cfg = TrainConfig(arch="vggbn", init_from=str(tmp_path / "base"), epochs=1, val_size=0)
-    with pytest.raises(CheckpointError, match="not 'vggbn'"):
-        train(cfg, digits(8, 1), None, progress=False)
-
-
-def test_compare_models_side_by_side(tmp_path):
-    torch.manual_seed(0)
-    model = load_model(save_model(build_model("seed"), tmp_path / "m", {"arch": "seed", "arch_params": {}}))
-    table = feedback.compare_models({"current": model, "candidate": model}, {"a": digits(5, 2), "b": digits(7, 4)})
-    assert list(table.index) == ["a", "b"] and table.loc["b", "n"] == 7
-    assert (table["current"] == table["candidate"]).all() and table["current"].between(0, 1).all()
 
 
 # --- "not a digit" answers -------------------------------------------------------------------------
@@ -283,7 +246,7 @@ def test_export_keeps_not_a_digit_answers_out_of_the_digit_sets(with_negatives, 
     assert "not_digit" in manifest["sha256"]
 
     export = load_export(tmp_path / "e")
-    both = feedback.concat_digits(export.train, export.holdout)
+    both = concat_digits(export.train, export.holdout)
     assert sorted(both.labels.tolist()) == [1, 7]  # no made-up class number among the digits
     negatives = torch.cat([export.not_digit["train"], export.not_digit["holdout"]])
     assert len(negatives) == 2 and len(export.not_digit["holdout"]) == nd["holdout"]
@@ -296,26 +259,6 @@ def test_export_keeps_not_a_digit_answers_out_of_the_digit_sets(with_negatives, 
     np.savez_compressed(tmp_path / "e" / "not_digit.npz", **arrays)
     with pytest.raises(FeedbackDataError, match="not_digit.npz: missing or altered"):
         load_export(tmp_path / "e")
-
-
-def test_simulated_visitors_answer_not_a_digit_for_unlabelled_drawings(tmp_path, sqlite_url):  # noqa: F811
-    from digitlib.drawings import Drawing
-
-    class Model:  # predict_strokes' interface: calibrated probabilities and a not-digit output
-        version, rejection_threshold = "stub-1", 0.5
-
-        def predict(self, images):
-            return np.full((len(images), 10), 0.1), np.full(len(images), 0.8)
-
-        def is_not_digit(self, not_digit):
-            return np.asarray(not_digit) >= 0.5
-
-    store = FeedbackStore(sqlite_url, queue_file=tmp_path / "q.jsonl")
-    assert feedback.submit_drawings(store, Model(), [Drawing(STAR, None, "dev"), Drawing(ONE, 1, "dev")]) == 2
-    first, second = store.rows()
-    assert first["not_digit"] and first["rejected"] and first["not_digit_probability"] == pytest.approx(0.8)
-    assert second["true_label"] == 1 and second["rejected"]
-    store.dispose()
 
 
 @pytest.mark.slow

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from dashboard_driver import draw
 
 from digitlib import cli, config, experiments, registry
 from digitlib.dashboard import Dashboard, build_dashboard
 from digitlib.drawings import load_drawings
-from digitlib.feedback import load_feedback, submit_drawings
+from digitlib.feedback import load_feedback
 from digitlib.modeling.checkpoint import load_model
 from digitlib.modeling.train import TrainConfig, save_training, train
 from digitlib.registry import LiveModel
+from digitlib.simulate import submit_drawings
 from digitlib.store import FeedbackStore
 
 RETRAIN_NOTEBOOK = config.NOTEBOOKS_DIR / "4.0-dl-retrain-with-feedback.ipynb"
@@ -33,14 +35,6 @@ def drawings_by_site():
     visitors = [d for site in FEEDBACK_SITES for d in [d for d in drawings if d.source == site][:PER_SITE]]
     others = [d for d in drawings if d.source not in FEEDBACK_SITES][:300]
     return visitors, others
-
-
-def draw(dash: Dashboard, strokes) -> None:
-    for stroke in strokes:
-        dash.on_mouse_down(*stroke[0])
-        for point in stroke[1:]:
-            dash.on_mouse_move(*point)
-        dash.on_stroke_end()
 
 
 def widget_texts(widget) -> list[str]:

@@ -8,71 +8,18 @@ be reached fails the tests; elsewhere they are skipped.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from helpers import PROBABILITIES, SEVEN, UNREACHABLE_URL, make_feedback
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from digitlib import migrations
+from digitlib.feedback import feedback_drawings
 from digitlib.preprocess import MAX_POINTS, MAX_STROKES, strokes_to_input
 from digitlib.store import NOT_A_DIGIT, Feedback, FeedbackError, FeedbackStore, StoreConfigError, png_to_image
-
-PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-UNREACHABLE_URL = "postgresql+psycopg2://postgres@127.0.0.1:1/test"  # nothing listens on port 1
-SEVEN = [[[100, 60], [180, 60], [130, 220]]]
-PROBABILITIES = [0.01] * 7 + [0.91] + [0.01] * 2
-
-
-def make_feedback(label=7, strokes=SEVEN, **changes) -> Feedback:
-    args = {
-        "strokes": strokes,
-        "true_label": label,
-        "probabilities": PROBABILITIES,
-        "image": np.asarray(strokes_to_input(SEVEN)),
-        "model_version": "test-model-1",
-        "session_id": "session-1",
-        **changes,
-    }
-    return Feedback.create(**args)
-
-
-@pytest.fixture
-def sqlite_url(tmp_path):
-    return f"sqlite:///{tmp_path / 'nested' / 'feedback.db'}"  # the folder does not exist yet
-
-
-@pytest.fixture
-def pg_url():
-    """A fresh schema in the test PostgreSQL for one test, dropped afterwards."""
-    admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as c:
-            c.execute(text(f'CREATE SCHEMA "{schema}"'))  # a name made here, not input
-    except OperationalError as e:
-        admin.dispose()
-        message = f"PostgreSQL at {make_url(PG_URL).render_as_string()} unreachable: {e.orig}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    # psycopg2 passes `options` to the server: this connection sees only the new schema.
-    yield make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
-    with admin.begin() as c:
-        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-    s = FeedbackStore(url, queue_file=tmp_path / "queue.jsonl")
-    yield s
-    s.dispose()
 
 
 def test_submit_stores_one_complete_row(store):
@@ -105,7 +52,7 @@ def test_same_submission_is_stored_once(store):
 
 def test_stored_answers_come_back_as_drawings(store):
     store.submit(make_feedback(label=4))
-    [drawing] = store.drawings()
+    [drawing] = feedback_drawings(store.url)
     assert drawing.label == 4 and drawing.source == "feedback"
     # Back through the one preprocessing path, it is the same model input.
     assert np.array_equal(np.asarray(strokes_to_input(drawing.strokes)), np.asarray(strokes_to_input(SEVEN)))
@@ -142,8 +89,8 @@ def test_stored_answers_come_back_as_drawings(store):
 def test_bad_input_is_refused_with_a_clear_message(changes, message):
     args = dict(changes)
     label, strokes = args.pop("label", 7), args.pop("strokes", SEVEN)
-    with pytest.raises(FeedbackError) as caught:
-        make_feedback(label, strokes, **args)
+    with pytest.raises(FeedbackError) as caught:  # the image of a good drawing: the strokes are what is refused
+        make_feedback(label, strokes, image=np.asarray(strokes_to_input(SEVEN)), **args)
     assert message in str(caught.value)
 
 
@@ -254,7 +201,7 @@ def test_a_not_a_digit_answer_is_stored_apart_from_digit_labels(store):
     assert second["not_digit"] is False and second["true_label"] == 7 and second["rejected"] is False
     assert third["not_digit_probability"] is None
     # Drawings for digit training and evaluation carry digit labels only.
-    assert [d.label for d in store.drawings()] == [7, 1]
+    assert [d.label for d in feedback_drawings(store.url)] == [7, 1]
 
 
 @pytest.mark.parametrize(
