@@ -8,8 +8,8 @@ the newest export in its lineage (fine-tunes start from their parent's weights).
 judged by the newest version in the current lineage that cannot have seen it (for a first
 retrain: the current model for new rows, models/default for older ones); `judged_by` says which.
 
-Besides cleanlab, a row is suspect when the judge answers "not a digit" for a drawing labelled
-a digit other than its best digit guess (scribbles passed off as digits), and when it comes
+Besides cleanlab, a row is suspect when the judge answers "not a digit" for a drawing and is not
+sure of its label as a digit (scribbles passed off as digits), and when it comes
 from a suspect session: one whose answers keep disagreeing with the model (with the prompts'
 column `label_source`, when the store has it, the disagreement of prompted answers is reported too).
 """
@@ -32,6 +32,10 @@ REASON_NOT_DIGIT = "model says not a digit"
 REASON_SESSION = "suspect session, disagrees with the model"
 MIN_SESSION_ROWS = 5  # fewer answers say nothing about a session
 SESSION_DISAGREEMENT = 0.5  # honest sessions disagree about as often as the model errs (~10%)
+# A drawing the judge rejects keeps its label only when the judge reads it as that digit with this
+# confidence: calibrated models reject some real round zeros as "O" yet read them as 0 at 0.9 or more,
+# while a scribble whose random label happens to be its best guess rarely gets past 0.9.
+REJECTED_LABEL_CONFIDENCE = 0.9
 
 
 @dataclass
@@ -132,8 +136,8 @@ def check_labels(
         rows["label_source"] = list(label_source)
     sessions = _session_table(rows, disagrees, min_session_rows, session_disagreement)
     in_suspect_session = rows["session_id"].map(sessions["suspect"]).to_numpy(bool)
-    # a rejected drawing whose best digit is its label stays: calibrated models reject some real zeros as "O"
-    reason = np.where(issue, REASON_LABEL, np.where(rejected & disagrees, REASON_NOT_DIGIT, ""))
+    unsure = rows["label_quality"].to_numpy() < REJECTED_LABEL_CONFIDENCE
+    reason = np.where(issue, REASON_LABEL, np.where(rejected & unsure, REASON_NOT_DIGIT, ""))
     reason = np.where((reason == "") & in_suspect_session & disagrees, REASON_SESSION, reason)
     rows["suspect"] = reason != ""
     rows["reason"] = reason

@@ -12,8 +12,10 @@ import torch
 
 from digitlib import cli, config, label_checks
 from digitlib.drawings import Drawing, drawings_to_digits, load_drawings
-from digitlib.feedback import load_export, load_feedback, submit_drawings
+from digitlib.feedback import load_feedback
+from digitlib.feedback_export import load_export
 from digitlib.modeling.checkpoint import load_model
+from digitlib.simulate import submit_drawings
 from digitlib.store import FeedbackStore
 
 DEFAULT = config.DEFAULT_MODEL_DIR
@@ -61,18 +63,20 @@ def test_a_session_that_keeps_disagreeing_is_suspect_and_its_doubtful_rows_go():
     assert report.suspect[wrong].all() and report.suspect.sum() == len(wrong)
 
 
-def test_a_drawing_the_model_calls_not_a_digit_is_suspect_whatever_its_label():
+def test_a_drawing_the_model_calls_not_a_digit_is_suspect_unless_it_surely_reads_the_label():
     truth = np.arange(50) % 10
     given = truth.copy()
     given[[3, 7]] = [5, 2]  # scribbles labelled as digits the model does not see in them
     probabilities = peaked(truth)
     probabilities[[3, 7]] = 0.1  # no digit stands out: cleanlab alone would not call these
+    probabilities[21] = peaked(truth[[21]], confidence=0.6)  # a scribble whose label happens to be the best guess
     not_digit = np.zeros(50, bool)
-    not_digit[[3, 7, 10]] = True  # 10: a rejected drawing whose best digit is its label (a round 0) stays
+    not_digit[[3, 7, 10, 21]] = True  # 10: rejected, yet surely read as its label (a round 0): it stays
     report = label_checks.check_labels(given, probabilities, ["s"] * 50, not_digit=not_digit)
     assert report.rows.loc[report.suspect, "reason"].to_dict() == {
         3: label_checks.REASON_NOT_DIGIT,
         7: label_checks.REASON_NOT_DIGIT,
+        21: label_checks.REASON_NOT_DIGIT,
     }
 
 
