@@ -4,8 +4,10 @@ module's own. Shared data and plain helpers (SEVEN, make_feedback...) are in tes
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,64 @@ def own_postgres():
         yield server
     finally:
         server.remove()
+
+
+# --- `make test-fast`: the fast tests train nothing and start no server ----------------------------
+
+# What a process started by a test must not run unless the test is marked slow.
+SLOW_COMMANDS = {
+    "-m voila": "starts a Voilà server",
+    "-m jupyterlab": "starts JupyterLab",
+    "jupyter lab": "starts JupyterLab",
+    "jupyter-lab": "starts JupyterLab",
+    "ipykernel_launcher": "starts a notebook kernel",
+    "pg_ctl": "starts a PostgreSQL server",
+    "caddy run": "starts Caddy",
+    "torch.distributed.run": "trains under torchrun",
+    "-m digitlib train": "trains a model",
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--refuse-slow-work",
+        action="store_true",
+        help="fail any test not marked slow that trains a model or starts a server (make test-fast uses it)",
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not item.config.getoption("--refuse-slow-work") or item.get_closest_marker("slow"):
+        yield
+        return
+    with refusing_slow_work():  # fixtures set up for this test count as the test's work
+        yield
+
+
+@contextmanager
+def refusing_slow_work():
+    """Within: training a model, or starting a server process, fails the test with the reason."""
+    from digitlib.modeling import train as training
+
+    def refuse(what: str):
+        pytest.fail(f"this test {what} but is not marked slow: add @pytest.mark.slow", pytrace=False)
+
+    def training_step(*args, **kwargs):
+        refuse("trains a model (modeling.train.training_step)")
+
+    popen_init = subprocess.Popen.__init__
+
+    def checked_popen_init(self, args, *rest, **kwargs):
+        command = " ".join(map(str, args)) if isinstance(args, list | tuple) else str(args)
+        for words, what in SLOW_COMMANDS.items():
+            if words in command:
+                refuse(f"{what} ({command[:120]})")
+        popen_init(self, args, *rest, **kwargs)
+
+    real_step = training.training_step
+    training.training_step, subprocess.Popen.__init__ = training_step, checked_popen_init
+    try:
+        yield
+    finally:
+        training.training_step, subprocess.Popen.__init__ = real_step, popen_init
