@@ -9,7 +9,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from dashboard_server import free_port
 
 from digitlib import config, experiments
 
@@ -159,12 +159,6 @@ def test_git_commit_with_the_hook_installed_commits_the_clean_notebook(tmp_path)
 
 
 # --- make lab, started as the CI user (root in CI) -----------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_output(process: subprocess.Popen, lines: list[str]) -> threading.Thread:
