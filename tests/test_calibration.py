@@ -121,6 +121,61 @@ def test_the_operating_point_turns_away_at_most_the_given_share_of_digits():
         assert (values >= np.nextafter(threshold, -1) - 1e-3).mean() > rate or rate == 0.0
 
 
+def test_the_rule_turns_away_at_most_its_share_of_pen_digits_and_never_goes_below_the_validation_point():
+    rng = np.random.default_rng(0)
+    pen = rng.random(2000)
+    threshold = calibration.operating_point_rule(pen, 0.2, 0.01)
+    assert threshold == calibration.operating_point(pen, 0.01) and (pen >= threshold).mean() <= 0.01
+    # Validation digits that say "not a digit" more often than the pen digits set the floor.
+    assert calibration.operating_point_rule(pen * 0.5, 0.7, 0.01) == 0.7
+
+
+def test_leave_one_site_out_fits_on_the_other_sites_and_reports_mean_and_worst():
+    rng = np.random.default_rng(1)
+    # Site "b" writes digits the model finds odd: its threshold fitted on "a" and "c" turns many away.
+    pen = np.concatenate([rng.random(500) * 0.5, 0.3 + rng.random(200) * 0.7, rng.random(300) * 0.5])
+    sites = ["a"] * 500 + ["b"] * 200 + ["c"] * 300
+    negatives = rng.random(400)
+    judged = calibration.leave_one_site_out(pen, sites, 0.0, {"negatives": negatives}, rate=0.01)
+    assert set(judged["sites"]) == {"a", "b", "c"}
+    sites = np.array(sites)
+    for site, fold in judged["sites"].items():
+        expected = calibration.operating_point_rule(pen[sites != site], 0.0, 0.01)
+        assert fold["threshold"] == expected and fold["n"] == (sites == site).sum()
+        assert fold["digits"] == pytest.approx((pen[sites == site] >= expected).mean())
+        assert fold["negatives"] == pytest.approx((negatives >= expected).mean())
+    shares = [fold["digits"] for fold in judged["sites"].values()]
+    assert judged["digits"]["worst"] == max(shares) == judged["sites"]["b"]["digits"] > 0.2
+    assert judged["digits"]["mean"] == pytest.approx(np.mean(shares))
+    assert judged["negatives"]["worst"] == min(fold["negatives"] for fold in judged["sites"].values())
+
+
+def _eleven_logits(n, not_digit, seed):
+    """Logits whose not-digit log-odds are `not_digit` (shifted by a per-row random amount) plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    digits = torch.randn(n, 10, generator=gen) * 3
+    return torch.cat([digits, (torch.logsumexp(digits, 1) + not_digit + torch.randn(n, generator=gen)).unsqueeze(1)], 1)
+
+
+def test_fit_sets_the_operating_point_on_the_pen_digits_and_records_rule_data_and_the_site_judgement():
+    labels = torch.randint(0, 10, (600,), generator=torch.Generator().manual_seed(0))
+    valid, negatives = _eleven_logits(600, -4.0, 1), _eleven_logits(500, 3.0, 2)
+    hard, pen = _eleven_logits(600, -3.0, 3), _eleven_logits(900, -2.0, 4)
+    sites = ["x"] * 300 + ["y"] * 300 + ["z"] * 300
+    got = calibration.fit(valid, labels, negatives, hard, pen_digits=pen, pen_sites=sites)["rejection"]
+    assert got["validation"]["pen_digits"] <= calibration.PEN_DIGIT_RATE and got["threshold"] >= got["floor"]
+    assert "pen digits" in got["rule"] and got["chosen_on"].startswith("900 pen digits of 3 sites")
+    assert set(got["leave_one_site_out"]["sites"]) == {"x", "y", "z"}
+    assert 0 <= got["leave_one_site_out"]["digits"]["worst"] <= 1
+    assert got["validation"]["generated_negatives"] > 0.5
+    # Without pen digits: the validation rule alone, as before.
+    old = calibration.fit(valid, labels, negatives, hard)["rejection"]
+    assert old["chosen_on"] == "validation digits with the pen augmentation" and "leave_one_site_out" not in old
+    assert old["validation"]["pen_augmented_digits"] <= calibration.DIGIT_REJECTION_RATE
+    with pytest.raises(ValueError, match="site of every pen digit"):
+        calibration.fit(valid, labels, negatives, hard, pen_digits=pen, pen_sites=sites[:10])
+
+
 # --- the eval-drawings contract, as an outside check runs it ---------------------------------
 
 
