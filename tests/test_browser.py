@@ -110,9 +110,9 @@ def test_a_stroke_is_one_message_and_undo_follows_the_kernel(server, browser):
 
     comm = [decode_v1(f)[4]["data"] for f in sent if isinstance(f, bytes) and decode_v1(f)[1]["msg_type"] == "comm_msg"]
     assert not [d for d in comm if d["method"] == "update"], "the page sent widget state"
-    events = [d["content"].get("event") for d in comm if d["method"] == "custom"]
-    assert events == ["client_ready", "stroke", "click"], events
-    [stroke] = [d["content"]["points"] for d in comm if d["content"].get("event") == "stroke"]
+    custom = [d["content"] for d in comm if d["method"] == "custom"]
+    assert [c.get("event") for c in custom] == ["client_ready", "stroke", "click"], custom
+    [stroke] = [c["points"] for c in custom if c.get("event") == "stroke"]
     xs, ys = stroke[0::2], stroke[1::2]
     assert len(stroke) % 2 == 0 and len(xs) > 10  # the whole stroke, points in between included
     assert (xs[0], ys[0]) == pytest.approx((60, 50), abs=1.5) and (xs[-1], ys[-1]) == pytest.approx((120, 240), abs=1.5)
