@@ -58,8 +58,7 @@ def _init_distributed() -> int:
 
 def cmd_train(args: argparse.Namespace) -> dict:
     from digitlib.dataset import load_mnist, train_val_split
-    from digitlib.modeling.predict import evaluate
-    from digitlib.modeling.train import TrainConfig, recipe, save_training, train
+    from digitlib.modeling.train import TrainConfig, recipe, train
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     cfg = recipe(args.recipe, **given)
@@ -71,16 +70,12 @@ def cmd_train(args: argparse.Namespace) -> dict:
     result = train(cfg, train_digits, val_digits)
     if rank != 0:  # under torchrun, the first process evaluates and saves
         return {}
-    from digitlib import experiments
+    from digitlib.runs import record_training_run
 
-    test = None if args.no_test else evaluate(result.as_loaded(), load_mnist("test", args.mnist_dir)).summary()
-    # The same record as the train notebook writes: metadata plus metrics.json beside the model.
-    metrics = experiments.training_metrics(result, test)
-    command = " ".join(["digitlib", *sys.argv[1:]])
-    extra = {"data_checksum": full.checksum(), "command": command, "recipe": args.recipe, "metrics": {"test": metrics}}
+    test = None if args.no_test else load_mnist("test", args.mnist_dir)
     out = Path(args.out) if args.out else config.MODELS_DIR / args.name
-    save_training(result, out, extra)
-    experiments.write_metrics(out / experiments.METRICS_FILE, metrics)
+    command = " ".join(["digitlib", *sys.argv[1:]])
+    metrics = record_training_run(result, out, full, test, command=command, recipe=args.recipe)
     keep = ("epochs", "val_accuracy", "test_accuracy", "train_seconds", "images_per_second", "device", "precision")
     return {"model": str(out), **{k: metrics.get(k) for k in keep}}
 
@@ -143,7 +138,7 @@ def cmd_run_notebook(args: argparse.Namespace) -> dict:
 
 
 def cmd_export_feedback(args: argparse.Namespace) -> dict:
-    from digitlib.feedback import export_training_set
+    from digitlib.feedback_export import export_training_set
 
     manifest = export_training_set(
         args.out, args.database_url, args.holdout_fraction, keep_suspect=args.keep_suspect, models_dir=args.models_dir
@@ -198,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitlib", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    # Unset, the registry decides (registry.resolve_model_dir), as the dashboard does.
+    model_help = f"model directory (default: {config.MODEL_DIR.name} setting, else the registry's current version)"
 
     train = sub.add_parser("train", help="train a model and write a model directory")
     train.add_argument("--name", default="run", help="model directory name under models/ (default: run)")
@@ -209,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="evaluate a model on MNIST")
-    ev.add_argument("--model", help=f"model directory (default: {config.MODEL_DIR.name} setting, models/default)")
+    ev.add_argument("--model", help=model_help)
     ev.add_argument("--split", default="test", choices=["test", "train"])
     ev.add_argument("--mnist-dir", help="folder with the MNIST files")
     ev.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -220,12 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a model on recorded drawings through the dashboard's path (a file without drawings is an error)",
     )
     dr.add_argument("file", nargs="?", default=config.DRAWINGS_FILE.get(), help="JSON-lines drawings file")
-    dr.add_argument("--model", help="model directory (default: models/default)")
+    dr.add_argument("--model", help=model_help)
     dr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     dr.set_defaults(func=cmd_eval_drawings)
 
     ox = sub.add_parser("export-onnx", help="write or refresh a model directory's model.onnx (checked against torch)")
-    ox.add_argument("--model", help=f"model directory (default: {config.MODEL_DIR.name} setting, current version)")
+    ox.add_argument("--model", help=model_help)
     ox.add_argument("--check-limit", type=int, help="check on the first N images of each set (default: all)")
     ox.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ox.set_defaults(func=cmd_export_onnx)

@@ -418,7 +418,7 @@ def test_mnist_dir_missing_one_file_is_an_error_naming_it(untrained_model, tmp_p
 
 
 def test_export_feedback_to_a_full_disk_leaves_the_old_export_whole(tmp_path, sqlite_url):
-    from digitlib.feedback import load_export
+    from digitlib.feedback_export import load_export
 
     store = FeedbackStore(sqlite_url, queue_file=tmp_path / "q.jsonl")
     for label in range(10):

@@ -167,7 +167,7 @@ def evaluate_case(tmp_path, request):
 def feedback_db(tmp_path_factory, tiny_model, drawings_sample) -> str:
     """A SQLite feedback store answered by simulated visitors with the sample drawings."""
     from digitlib.drawings import load_drawings
-    from digitlib.feedback import submit_drawings
+    from digitlib.simulate import submit_drawings
     from digitlib.store import FeedbackStore
 
     folder = tmp_path_factory.mktemp("feedback")
