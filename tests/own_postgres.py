@@ -1,4 +1,5 @@
-"""A PostgreSQL server of the test's own (initdb + pg_ctl in a temporary folder, a spare port).
+"""A PostgreSQL server of a test module's own (initdb + pg_ctl in a temporary folder, a spare port);
+conftest.py's `own_postgres` fixture starts one per module.
 
 Tests stop and restart it to simulate an outage, which they cannot do to a shared server.
 initdb refuses to run as root, so as root the server runs as the `postgres` OS user.
@@ -65,15 +66,3 @@ class OwnPostgres:
         if (self.data / "postmaster.pid").exists():
             self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def own_postgres_fixture():
-    """A running OwnPostgres for a test module; removed afterwards.
-
-    Kept until every module uses conftest's `own_postgres` fixture instead."""
-    server = OwnPostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
