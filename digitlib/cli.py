@@ -56,6 +56,13 @@ def _init_distributed() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def _model_dir(args: argparse.Namespace) -> Path:
+    """--model when given, else the registry's choice (DIGITLIB_MODEL, else the current version)."""
+    from digitlib.registry import resolve_model_dir
+
+    return Path(args.model) if args.model else resolve_model_dir()
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     from digitlib.dataset import load_mnist, train_val_split
     from digitlib.modeling.train import TrainConfig, recipe, train
@@ -85,7 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from digitlib.modeling.checkpoint import load_model
     from digitlib.modeling.predict import evaluate
 
-    model = load_model(args.model)
+    model = load_model(_model_dir(args))
     digits = load_mnist(args.split, args.mnist_dir)
     summary = evaluate(model, digits).summary()
     keep = ("accuracy", "n", "errors", "per_class_accuracy", "mean_confidence", "nll", "ece")
@@ -96,16 +103,15 @@ def cmd_eval_drawings(args: argparse.Namespace) -> dict:
     from digitlib.drawings import evaluate_drawings_file
     from digitlib.modeling.checkpoint import load_model
 
-    model = load_model(args.model)
+    model = load_model(_model_dir(args))
     result = evaluate_drawings_file(model, args.file).summary()  # streamed: any file size
     return {"model": str(model.path), "version": model.version, "file": str(args.file), **result}
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> dict:
     from digitlib.modeling.export import export_onnx
-    from digitlib.registry import resolve_model_dir
 
-    directory = Path(args.model) if args.model else resolve_model_dir()
+    directory = _model_dir(args)
     entry = export_onnx(directory, check_limit=args.check_limit)
     checked = {name: figures["n"] for name, figures in entry["checked"].items()}
     return {"model": str(directory), "onnx": str(directory / entry["file"]), "sha256": entry["sha256"],

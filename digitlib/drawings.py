@@ -13,14 +13,17 @@ import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from digitlib.dataset import DataError, Digits
-from digitlib.modeling.checkpoint import LoadedModel
 from digitlib.modeling.predict import Evaluation
 from digitlib.preprocess import DEFAULT_BRUSH, BatchDrawingError, Brush, render_drawings, validate_strokes
+
+if TYPE_CHECKING:  # a type only: the models are passed in, never loaded here
+    from digitlib.modeling.checkpoint import LoadedModel
 
 
 @dataclass

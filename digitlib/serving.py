@@ -126,8 +126,8 @@ def is_not_digit(not_digit, threshold: float | None) -> np.ndarray:
     return values >= threshold
 
 
-def load_onnx_model(directory: str | Path | None = None) -> OnnxModel:
-    """Load `directory`/model.onnx (default: DIGITLIB_MODEL, else the registry's current version).
+def load_onnx_model(directory: str | Path) -> OnnxModel:
+    """Load `directory`/model.onnx (which directory serves is the registry's choice: registry.LiveModel).
 
     Refuses a file whose SHA-256 differs from metadata.json's, a directory without model.onnx
     (naming the command that writes it), and a model whose output on a blank image is not finite
@@ -135,10 +135,6 @@ def load_onnx_model(directory: str | Path | None = None) -> OnnxModel:
     """
     import onnxruntime as ort  # here, not at the top: importing this module stays cheap
 
-    if directory is None:
-        from digitlib.registry import resolve_model_dir
-
-        directory = resolve_model_dir()
     directory = Path(directory)
     path = directory / ONNX_FILE
     if not (directory / WEIGHTS_FILE).is_file() and not path.is_file():
