@@ -20,7 +20,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from digitlib import config, migrations
-from digitlib.limits import TokenBucket, submission_limit
 from digitlib.store import FeedbackStore
 
 ROOT = config.PROJ_ROOT
@@ -90,32 +89,6 @@ def test_jupyterlab_never_runs_without_a_token():
 def test_model_loading_safety_is_tested_in_test_models():
     names = {node.name for node in ast.parse((ROOT / "tests/test_models.py").read_text()).body if hasattr(node, "name")}
     assert {"test_checkpoint_with_pickled_object_is_refused", "test_altered_weights_fail_the_checksum"} <= names
-
-
-# --- submission rate per session ---------------------------------------------------------------
-
-
-def test_token_bucket_allows_a_burst_then_the_rate():
-    now = [0.0]
-    bucket = TokenBucket(per_minute=30, burst=3, clock=lambda: now[0])
-    assert [bucket.allow() for _ in range(4)] == [True, True, True, False]
-    assert bucket.wait_s() == pytest.approx(2.0)  # 30 a minute: one every 2 s
-    now[0] += 1.9
-    assert not bucket.allow()
-    now[0] += 0.1
-    assert bucket.allow() and not bucket.allow()
-    now[0] += 3600
-    assert [bucket.allow() for _ in range(4)] == [True, True, True, False]  # never more than the burst
-
-
-def test_rate_limit_settings_come_from_the_environment(monkeypatch):
-    monkeypatch.setenv("DIGITLIB_SUBMIT_RATE", "6")
-    monkeypatch.setenv("DIGITLIB_SUBMIT_BURST", "2")
-    bucket = submission_limit()
-    assert bucket.burst == 2 and bucket.rate_per_s == pytest.approx(0.1)
-    monkeypatch.setenv("DIGITLIB_SUBMIT_RATE", "0")
-    with pytest.raises(ValueError, match="DIGITLIB_SUBMIT_RATE"):
-        submission_limit()
 
 
 # --- SQL -----------------------------------------------------------------------------------------
