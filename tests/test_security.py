@@ -3,7 +3,7 @@
 Model files: `torch.load(weights_only=True)` and the recorded SHA-256 are tested in
 tests/test_models.py (test_checkpoint_with_pickled_object_is_refused,
 test_altered_weights_fail_the_checksum); here we only check those tests are still there.
-Hostile widget messages and button spam: tests/test_reliability.py.
+Hostile widget messages and button spam: tests/test_reliability.py; the submission rate: tests/test_limits.py.
 """
 
 from __future__ import annotations
