@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from digitlib import config
+from digitlib.preprocess import standardise
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60_000),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10_000),
 }
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 class DataError(Exception):
@@ -181,5 +181,4 @@ def train_val_split(digits: Digits, val_size: int = 5_000, seed: int = 0) -> tup
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float (N, 1, 28, 28), standardised as the models expect."""
-    x = images.float().div_(255.0).unsqueeze(1)
-    return x.sub_(MNIST_MEAN).div_(MNIST_STD)
+    return standardise(images.float().div_(255.0).unsqueeze(1))

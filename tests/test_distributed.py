@@ -19,7 +19,8 @@ WORKER = textwrap.dedent(
     from digitlib.dataset import load_mnist
     from digitlib.modeling.train import TrainConfig, train
     dist.init_process_group("gloo")
-    cfg = TrainConfig(arch="seed", epochs=1, batch_size=50, augment="draw", train_subset=1000, threads=1, negatives=0.0)
+    cfg = TrainConfig(arch="seed", epochs=1, batch_size=50, augment="draw", train_subset=1000, threads=1, negatives=0.0,
+                      redraw=0.0, stroke_digits=0.0)
     result = train(cfg, load_mnist("train"), progress=False)
     rank = dist.get_rank()
     torch.save(result.model.state_dict(), f"{sys.argv[1]}/rank{rank}.pt")
@@ -38,7 +39,7 @@ def test_two_processes_keep_identical_weights(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)  # gradients were averaged across processes
-    # Each process saw its half: together one epoch of the 1,000 images.
+    # Each process saw its half: together one epoch of the 1,000 images (digits only: nothing generated).
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"epochs": 1, "images_seen": 1000}
 

@@ -194,6 +194,9 @@ def test_recipes():
     seed = recipe("seed", epochs=2)
     assert (seed.arch, seed.optimizer, seed.lr, seed.augment, seed.epochs) == ("seed", "adam", 1e-3, "none", 2)
     assert RECIPES["seed"].epochs == 5  # overrides never change the recipe itself
+    assert (RECIPES["default"].redraw, RECIPES["default"].stroke_digits) > (0, 0)  # pen-like data for drawn digits
+    for speed in ("fast", "sprint", "fast-gpu", "seed"):  # MNIST alone: their figures are MNIST figures
+        assert RECIPES[speed].redraw == RECIPES[speed].stroke_digits == RECIPES[speed].negatives == 0, speed
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe("turbo")
 

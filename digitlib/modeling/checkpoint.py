@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from digitlib import __version__
-from digitlib.dataset import MNIST_MEAN, MNIST_STD
 from digitlib.modeling.models import build_model
+from digitlib.preprocess import MNIST_MEAN, MNIST_STD, standardise
 
 # Shared with the torch-free side (registry, dashboard), so they live there.
 from digitlib.serving import (
@@ -57,7 +57,7 @@ class LoadedModel:
         norm = self.metadata["normalisation"]
         images = torch.as_tensor(images)
         x = images.to(next(self.model.parameters()).device).float().div(255.0).unsqueeze(1)
-        return (x - norm["mean"]) / norm["std"]
+        return standardise(x, norm["mean"], norm["std"])
 
     @property
     def calibration(self) -> dict:
@@ -171,7 +171,7 @@ def load_model(
     device: str | torch.device = "cpu",
     expect_arch: str | None = None,
 ) -> LoadedModel:
-    """Load a model directory (default: the DIGITLIB_MODEL setting, else models/default).
+    """Load a model directory (default: the DIGITLIB_MODEL setting, else the registry's current version).
 
     The weights are checked against the SHA-256 recorded in metadata.json when present;
     `expect_arch` refuses a checkpoint of another architecture.

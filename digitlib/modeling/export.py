@@ -30,6 +30,7 @@ from torch import nn
 
 from digitlib import config
 from digitlib.modeling.checkpoint import calibrated, calibration_of
+from digitlib.preprocess import standardise
 from digitlib.serving import (
     INPUT_NAME,
     METADATA_FILE,
@@ -68,7 +69,7 @@ class ServingGraph(nn.Module):
         self.register_buffer("not_digit_bias", torch.tensor(c["not_digit_bias"]))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = (images.float().div(255.0).unsqueeze(1) - self.mean) / self.std
+        x = standardise(images.float().div(255.0).unsqueeze(1), self.mean, self.std)
         logits = self.model(x).float()
         probabilities, not_digit = calibrated(logits, self.temperature, self.not_digit_scale, self.not_digit_bias)
         return logits, probabilities, not_digit

@@ -23,9 +23,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from digitlib import augment, config
-from digitlib.dataset import MNIST_MEAN, MNIST_STD, Digits
+from digitlib.dataset import Digits
 from digitlib.modeling.checkpoint import DIGITS, NOT_DIGIT, LoadedModel, build_for, load_model, save_model
 from digitlib.modeling.models import DEFAULT_ARCH
+from digitlib.preprocess import MNIST_MEAN, MNIST_STD, standardise
 
 
 def _help(text: str, **kw):
@@ -59,11 +60,11 @@ class TrainConfig:
         default=0.2,
     )
     redraw: float = _help(
-        "chance that a training digit is shown re-drawn along its skeleton with a round pen (pen_style)", default=0.0
+        "chance that a training digit is shown re-drawn along its skeleton with a round pen (pen_style)", default=0.5
     )
     stroke_digits: float = _help(
         "digits written in stroke space (stroke fonts, written variants; pen_style) as a share of the training images",
-        default=0.0,
+        default=0.2,
     )
 
     def to_dict(self) -> dict:
@@ -76,10 +77,21 @@ class TrainConfig:
 # `sprint` is one epoch to 99% and `fast-gpu` six to 99.5% (epochs measured on CPU).
 RECIPES = {
     "default": TrainConfig(),
-    "fast": TrainConfig(epochs=6, augment="light", label_smoothing=0.0, negatives=0.0),
+    "fast": TrainConfig(epochs=6, augment="light", label_smoothing=0.0, negatives=0.0, redraw=0.0, stroke_digits=0.0),
     # Label smoothing 0.1 lifts one epoch from 99.00-99.16% to 99.16-99.25% (4-5 seeds): a margin over 99%.
-    "sprint": TrainConfig(epochs=1, batch_size=512, lr=1e-2, augment="none", negatives=0.0),
-    "fast-gpu": TrainConfig(epochs=6, batch_size=512, lr=1e-2, augment="light", label_smoothing=0.0, negatives=0.0),
+    "sprint": TrainConfig(
+        epochs=1, batch_size=512, lr=1e-2, augment="none", negatives=0.0, redraw=0.0, stroke_digits=0.0
+    ),
+    "fast-gpu": TrainConfig(
+        epochs=6,
+        batch_size=512,
+        lr=1e-2,
+        augment="light",
+        label_smoothing=0.0,
+        negatives=0.0,
+        redraw=0.0,
+        stroke_digits=0.0,
+    ),
     "seed": TrainConfig(
         arch="seed",
         epochs=5,
@@ -89,6 +101,8 @@ RECIPES = {
         weight_decay=0.0,
         augment="none",
         negatives=0.0,
+        redraw=0.0,
+        stroke_digits=0.0,
     ),
 }
 
@@ -214,7 +228,7 @@ def _uses_bf16(precision: str, device: torch.device) -> bool:
 def _to_model_input(images: torch.Tensor, aug: augment.Augmentation, generator, labels=None) -> torch.Tensor:
     x = images.float().div_(255.0).unsqueeze(1)
     x = augment.augment_batch(x, aug, generator, labels)
-    return x.sub_(MNIST_MEAN).div_(MNIST_STD).contiguous(memory_format=torch.channels_last)
+    return standardise(x).contiguous(memory_format=torch.channels_last)
 
 
 def training_step(
@@ -340,7 +354,15 @@ def calibrate(model: nn.Module, cfg: TrainConfig, val_digits: Digits) -> dict:
         generator = torch.Generator(device=device).manual_seed(cfg.seed + 3 * NEGATIVE_SEED)
         pen = augment.get_augmentation("pen")
         hard = _logits(model, val_digits.images, pen, generator, val_digits.labels)
-    return calibration.fit(logits, val_digits.labels.cpu(), negatives, hard)
+    pen_logits = pen_sites = None
+    drawings_file = Path(config.DRAWINGS_FILE.get())
+    if cfg.negatives > 0 and drawings_file.is_file():  # the digits visitors draw: where "not a digit" is set
+        from digitlib.drawings import drawings_to_digits, load_drawings
+
+        drawn = [d for d in load_drawings(drawings_file) if d.label is not None]
+        images = drawings_to_digits(drawn).images.to(device)
+        pen_logits, pen_sites = _logits(model, images, augment.PRESETS["none"]), [d.source for d in drawn]
+    return calibration.fit(logits, val_digits.labels.cpu(), negatives, hard, pen_digits=pen_logits, pen_sites=pen_sites)
 
 
 EpochCallback = Callable[[dict, nn.Module], None]
