@@ -243,6 +243,7 @@ def voila_attack_table(result: dict) -> Table:
 
 
 CROWD_COLUMNS = [
+    "client",
     "visitors",
     "served",
     "page open p50 / p95 / max",
@@ -272,6 +273,7 @@ def crowd_row(result: dict) -> list[object]:
         if result.get("server_cpu_per_visitor_s") is not None:
             per_visitor = f"{result['server_cpu_per_visitor_s']} s"
     return [
+        result["client"],
         result["visitors"],
         f"{result['served']}/{result['visitors']}",
         _spread(page, ("p50", "p95", "max"), "s"),

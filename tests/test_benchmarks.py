@@ -198,7 +198,7 @@ def test_the_report_names_the_machine_once_and_has_one_table_per_benchmark():
     assert text.index("## honest_answers") < text.index("## crowd")  # the order benchmarks run in
     assert sum(line.startswith("| --- |") for line in text.splitlines()) == 2  # one table each
     assert "Command: `crowd cmd`. Date: 2026-12-01. Load average at start: 1.50." in text
-    assert "| 50 | 48/50 |" in text
+    assert "| protocol | 50 | 48/50 |" in text
 
 
 def test_rerunning_one_benchmark_keeps_the_other_sections_and_hand_written_ones(tmp_path):
