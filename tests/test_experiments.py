@@ -137,6 +137,7 @@ def test_epoch_line_shows_training_and_validation_time_and_the_learning_rate():
     )
 
 
+@pytest.mark.slow
 def test_reports_print_a_line_per_epoch_and_no_bar(mnist_train, capsys, monkeypatch):
     monkeypatch.setenv(experiments.PROGRESS_ENV, "lines")
     cfg = TrainConfig(arch="seed", epochs=2, train_subset=256, augment="none", val_size=0, precision="fp32")

@@ -22,17 +22,20 @@ def small_run(mnist_train):
     return train(small_config(), train_digits, val_digits, progress=False)
 
 
+@pytest.mark.slow
 def test_short_training_clearly_learns(small_run, mnist_test):
     result = evaluate(small_run.as_loaded(), mnist_test.head(2000))
     assert result.accuracy >= 0.90, result.accuracy
 
 
+@pytest.mark.slow
 def test_history_has_one_record_per_epoch(small_run):
     (record,) = small_run.history
     assert record["epoch"] == 1 and record["val_accuracy"] > 0.85
     assert record["train_loss"] > 0 and record["images_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_with_a_seed(mnist_train):
     digits = mnist_train.head(600)
     cfg = small_config(train_subset=None, augment="draw", batch_size=100)
@@ -41,12 +44,14 @@ def test_training_is_reproducible_with_a_seed(mnist_train):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_early_stop_on_target(mnist_train):
     train_digits, val_digits = train_val_split(mnist_train.head(3000), 500)
     result = train(small_config(epochs=5, target_accuracy=0.5), train_digits, val_digits, progress=False)
     assert result.stopped_early and len(result.history) == 1
 
 
+@pytest.mark.slow
 def test_all_schedules_and_optimizers_run(mnist_train):
     digits = mnist_train.head(256)
     for schedule, optimizer in [("step", "adam"), ("cosine", "sgd"), ("constant", "adamw")]:
@@ -56,6 +61,7 @@ def test_all_schedules_and_optimizers_run(mnist_train):
         assert len(result.history) == 1
 
 
+@pytest.mark.slow
 def test_the_gpu_bf16_autocast_path_learns_on_cpu(mnist_train, mnist_test):
     # precision="bf16" is what "auto" picks on CUDA: the same autocast code, run here.
     result = train(small_config(train_subset=2000, precision="bf16", batch_size=64), mnist_train, progress=False)
@@ -64,6 +70,7 @@ def test_the_gpu_bf16_autocast_path_learns_on_cpu(mnist_train, mnist_test):
     assert evaluate(result.as_loaded(), mnist_test.head(1000)).accuracy > 0.85
 
 
+@pytest.mark.slow
 def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_it(mnist_train, monkeypatch):
     from digitlib.modeling import train as training
 
@@ -89,6 +96,7 @@ def test_auto_precision_on_a_gpu_is_bf16_only_from_ampere_on(monkeypatch):
     assert training._uses_bf16("fp32", torch.device("cuda")) is False
 
 
+@pytest.mark.slow
 def test_bad_options_are_refused(mnist_train):
     with pytest.raises(ValueError, match="schedule"):
         train(small_config(schedule="wavy"), mnist_train.head(100), progress=False)
@@ -110,6 +118,7 @@ def test_pick_device():
     assert pick_device("auto").type in {"cpu", "cuda", "mps"}
 
 
+@pytest.mark.slow
 def test_saved_training_reloads_with_its_record(small_run, tmp_path, mnist_test):
     save_training(small_run, tmp_path / "m", {"data_checksum": "abc"})
     loaded = load_model(tmp_path / "m")
@@ -124,6 +133,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "digitlib", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_train_then_evaluate_json(tmp_path):
     out = tmp_path / "cli-model"
     done = run_cli(
@@ -164,6 +174,7 @@ def test_cli_reports_missing_model_clearly(tmp_path):
     assert done.returncode == 2 and "no model at" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_pen_redraw_and_stroke_digits_reach_the_batches(mnist_train, monkeypatch, tmp_path):
     from digitlib import config
     from digitlib.modeling import train as train_module
