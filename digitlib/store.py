@@ -52,7 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError
 
 from digitlib import config
 from digitlib.preprocess import CANVAS_SIZE, MNIST_SIZE, DrawingError, validate_strokes
@@ -71,6 +71,9 @@ STATEMENT_TIMEOUT_S = 10
 NOT_A_DIGIT = "not a digit"
 # Where a label came from (revision 0004): drawn to a prompt, or the visitor's verdict on the model's answer.
 LABEL_SOURCES = ("prompt", "confirmed", "corrected")
+# The newest revision in digitlib/migrations (tests/test_store.py keeps them equal): a database already
+# there is recognised without importing alembic, which would cost each dashboard kernel ~9 MiB.
+SCHEMA_HEAD = "0004"
 
 metadata = MetaData()
 prediction_logs = Table(
@@ -444,10 +447,19 @@ class FeedbackStore:
         least-privilege role may; changing the schema is the owner's job (`make migrate`).
         """
         if not self._schema_ready:
-            from digitlib import migrations
+            if self._schema_revision() != SCHEMA_HEAD:
+                from digitlib import migrations
 
-            migrations.upgrade(self.engine)
+                migrations.upgrade(self.engine)
             self._schema_ready = True
+
+    def _schema_revision(self) -> str | None:
+        """The revision alembic_version records; None without that table. A database that is down raises."""
+        with self.engine.connect() as connection:
+            try:
+                return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except (OperationalError, ProgrammingError):  # no such table (SQLite, PostgreSQL)
+                return None
 
     def _write(self, rows: Sequence[Feedback]) -> int:
         """Insert rows in one transaction (all or none); returns how many were new."""

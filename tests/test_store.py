@@ -9,17 +9,27 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from helpers import PROBABILITIES, SEVEN, UNREACHABLE_URL, make_feedback
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from digitlib import migrations
 from digitlib.feedback import feedback_drawings
 from digitlib.preprocess import MAX_POINTS, MAX_STROKES, strokes_to_input
-from digitlib.store import NOT_A_DIGIT, Feedback, FeedbackError, FeedbackStore, StoreConfigError, png_to_image
+from digitlib.store import (
+    NOT_A_DIGIT,
+    SCHEMA_HEAD,
+    Feedback,
+    FeedbackError,
+    FeedbackStore,
+    StoreConfigError,
+    png_to_image,
+)
 
 
 def test_submit_stores_one_complete_row(store):
@@ -87,10 +97,12 @@ def test_stored_answers_come_back_as_drawings(store):
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(changes, message):
-    args = dict(changes)
-    label, strokes = args.pop("label", 7), args.pop("strokes", SEVEN)
-    with pytest.raises(FeedbackError) as caught:  # the image of a good drawing: the strokes are what is refused
-        make_feedback(label, strokes, image=np.asarray(strokes_to_input(SEVEN)), **args)
+    args = {"strokes": SEVEN, "true_label": 7, "probabilities": PROBABILITIES, "model_version": "m", "session_id": "s"}
+    args["image"] = np.asarray(strokes_to_input(SEVEN))  # a good drawing's image: the changes are what is refused
+    args.update(changes)
+    args["true_label"] = args.pop("label", args["true_label"])
+    with pytest.raises(FeedbackError) as caught:
+        Feedback.create(**args)
     assert message in str(caught.value)
 
 
@@ -357,3 +369,36 @@ def test_label_counts_give_answers_and_model_errors_per_digit(store):
     for answer, changes in [(7, {}), (7, {}), (1, {}), (7, {"rejected": True}), (NOT_A_DIGIT, {})]:
         store.submit(make_feedback(answer, **changes))
     assert store.label_counts() == {7: (3, 1), 1: (1, 1)}  # "not a digit" answers have no digit
+
+
+# --- the schema check a dashboard kernel makes ----------------------------------------------------
+
+
+def test_the_schema_head_is_the_newest_migration():
+    assert SCHEMA_HEAD == migrations.head_revision()
+
+
+def test_a_store_at_the_newest_revision_does_not_import_alembic(store, tmp_path):
+    store.submit(make_feedback(label=3))  # migrates a fresh database to the newest revision
+    kernel = """
+import sys
+from digitlib.store import FeedbackStore
+store = FeedbackStore(sys.argv[1], queue_file=sys.argv[2])
+store.ensure_schema()
+print(store.count(), "alembic" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", kernel, store.url, str(tmp_path / "q2.jsonl")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "False"]
+
+
+def test_a_store_behind_the_newest_revision_still_migrates(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    migrations.upgrade(engine, "0003")
+    store = FeedbackStore(url, queue_file=tmp_path / "q.jsonl")
+    assert store.submit(make_feedback(label=5)).status == "saved"
+    assert migrations.current_revision(engine) == SCHEMA_HEAD
+    engine.dispose()
+    store.dispose()
