@@ -262,9 +262,12 @@ def test_export_keeps_not_a_digit_answers_out_of_the_digit_sets(with_negatives, 
 
 
 @pytest.mark.slow
-def test_the_analysis_notebook_reports_not_a_digit_answers(with_negatives, tmp_path):
+def test_the_analysis_notebook_reports_not_a_digit_answers_and_label_sources(with_negatives, tmp_path):
     from digitlib import config, experiments
 
+    store = FeedbackStore(with_negatives, queue_file=tmp_path / "q.jsonl")
+    assert store.submit(answer(FOUR, 4, 4, "v1", label_source="prompt")).status == "saved"  # asked for a 4
+    store.dispose()
     notebook = config.PROJ_ROOT / "notebooks" / "3.0-dl-analyse-feedback.ipynb"
     params = {"database_url": with_negatives, "figures_dir": str(tmp_path / "f"), "name": "nd"}
     run = experiments.run_notebook(notebook, tmp_path / "report.ipynb", params, timeout=300)
@@ -273,3 +276,7 @@ def test_the_analysis_notebook_reports_not_a_digit_answers(with_negatives, tmp_p
     assert summary["not_digit_answers"] == 3 and summary["rejected_by_model"] == 2
     assert summary["rejection"] == {"n_digits": 2, "digits": 0.5, "n_non_digits": 2, "non_digits": 0.5}
     assert "visitor said" in run.html.read_text()  # the agreement table is in the report
+    sources = summary["label_sources"]  # answers per label source: the prompted one apart
+    assert sources["prompt"] == {"answers": 1, "said_correct": 1.0}
+    assert sources["confirmed"]["said_correct"] == 1.0 and sources["corrected"]["said_correct"] == 0.0
+    assert sum(s["answers"] for s in sources.values()) == summary["n"] == 7

@@ -31,6 +31,8 @@ from digitlib.modeling.checkpoint import load_model
 from digitlib.preprocess import MAX_POINTS, MAX_STROKES
 from digitlib.store import FeedbackStore, metadata
 
+OWN_POSTGRES = pytest.param("postgresql", marks=pytest.mark.slow)  # a server of the test's own: pg_ctl start/stop
+
 
 @pytest.fixture
 def pg_database(own_postgres):
@@ -49,6 +51,7 @@ def pg_database(own_postgres):
 # --- database outage ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # starts and stops a PostgreSQL server of its own
 def test_outage_every_submission_is_stored_exactly_once(own_postgres, pg_database, tmp_path):
     store = FeedbackStore(pg_database, queue_file=tmp_path / "queue.jsonl")
     before = [make_feedback(label=d % 10) for d in range(5)]
@@ -96,7 +99,7 @@ def _submit_from_a_session(url: str, queue_file: str, submissions: list[tuple[st
     return statuses
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+@pytest.mark.parametrize("backend", [OWN_POSTGRES, "sqlite"])
 def test_parallel_sessions_lose_nothing_and_duplicate_nothing(backend, request, tmp_path):
     url = request.getfixturevalue("pg_database") if backend == "postgresql" else f"sqlite:///{tmp_path / 'f.db'}"
     submissions = [(uuid.uuid4().hex, i % 10) for i in range(60)]
@@ -151,7 +154,7 @@ def created_at_indexed(engine) -> bool:
     return any(ix["column_names"] == ["created_at"] for ix in inspect(engine).get_indexes("prediction_logs"))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", OWN_POSTGRES])
 def empty_url(request, tmp_path):
     return request.getfixturevalue("pg_database") if request.param == "postgresql" else f"sqlite:///{tmp_path / 'f.db'}"
 

@@ -33,6 +33,7 @@ def test_training_mix_oversamples_the_feedback():
         retrain.training_mix(digits(1, 0), digits(1, 1), oversample=-1)
 
 
+@pytest.mark.slow  # trains (a learning rate of 0: a few steps, but steps)
 def test_fine_tuning_starts_from_the_base_weights(tmp_path):
     base = load_model(save_untrained_model(tmp_path / "base", seed=3))
     cfg = retrain.fine_tune_config(base, epochs=1, lr=0.0, schedule="constant", augment="none", threads=1)
