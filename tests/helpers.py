@@ -22,6 +22,7 @@ UNREACHABLE_URL = "postgresql+psycopg2://postgres@127.0.0.1:1/test"
 
 # A 7 drawn in one stroke, in canvas pixels (280x280), as the dashboard records strokes.
 SEVEN = [[[100, 60], [180, 60], [130, 220]]]
+SEVEN_IMAGE = np.asarray(strokes_to_input(SEVEN))  # the 28x28 model input the dashboard stores for it
 PROBABILITIES = [0.01] * 7 + [0.91] + [0.01] * 2  # a model quite sure it is a 7
 
 # Training that takes seconds on a CPU: enough to learn something, never to measure a model.
@@ -29,12 +30,16 @@ TINY_TRAINING = {"epochs": 1, "arch": "seed", "train_subset": 1000, "augment": "
 
 
 def make_feedback(label: int = 7, strokes=SEVEN, **changes) -> Feedback:
-    """One visitor's answer on `strokes` (by default a 7 that the model called a 7)."""
+    """One visitor's answer on `strokes` (by default a 7 that the model called a 7).
+
+    The image is SEVEN's whatever the strokes (pass `image=` to change it): tests of bad strokes
+    must reach the store's own checks, which a rendering here would pre-empt.
+    """
     args = {
         "strokes": strokes,
         "true_label": label,
         "probabilities": PROBABILITIES,
-        "image": np.asarray(strokes_to_input(strokes)),
+        "image": SEVEN_IMAGE,
         "model_version": "test-model-1",
         "session_id": "session-1",
         **changes,
