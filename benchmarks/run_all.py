@@ -53,11 +53,7 @@ BENCHMARKS = {
     "feedback_writes": Benchmark("feedback_writes.py"),
     "cli_memory": Benchmark("cli_memory.py"),
     "feedback_loop": Benchmark("feedback_loop.py", long=True),
-    "poisoned_feedback": Benchmark(
-        "poisoned_feedback.py",
-        ("--json", "--rates", "0.3", "--per-site", "200", "--mnist-subset", "2000", "--mnist-test-size", "2000"),
-        long=True,
-    ),
+    "poisoned_feedback": Benchmark("poisoned_feedback.py", long=True),
 }
 
 
