@@ -6,7 +6,8 @@ GET /api/kernels/<id>, opens /api/kernels/<id>/channels with the subprotocol
 `v1.kernel.websocket.jupyter.org` (binary v1 frames), sends kernel_info_request, opens a
 `jupyter.widget.control` comm and asks it for every widget's state (`request_states`), closes
 that comm, then talks to the models by their ids, all as comm_msg on shell: the drawing pad
-(digitlib.stroke_pad, an anywidget) sends `{"event": "client_ready"}` once it is shown and one
+(digitlib.stroke_pad, an anywidget) and the model-input preview (ipycanvas) send
+`{"event": "client_ready"}` once shown, the pad one
 `{"event": "stroke", "points": [x0, y0, ...]}` per stroke at pointer-up (mouse, touch and pen
 alike: the page draws the ink itself), buttons `{"event": "click"}`. The page sends no widget
 state. On unload it POSTs /voila/api/shutdown/<id> with the `_xsrf` cookie as a form field.
@@ -69,6 +70,7 @@ class Models:
     """The dashboard's widget model ids, found by their CSS classes in the widget state."""
 
     pad: str
+    preview: str
     prediction: str
     status: str
     correct: str
@@ -83,6 +85,7 @@ class Models:
         try:
             return cls(
                 pad=by_class["digit-pad"],
+                preview=by_class["digit-preview"],
                 prediction=by_class["digit-prediction"],
                 status=by_class["digit-status"],
                 correct=by_class["digit-correct"],
@@ -253,7 +256,9 @@ class Visitor:
         self.models = Models.from_states(states)
         self._states = {mid: dict(m.get("state", {})) for mid, m in states.items()}
         # The pad draws its own background; once shown it says so (a fresh kernel has nothing to send back).
+        # The model input preview (an ipycanvas Canvas) says so too and gets its pixels.
         self._comm(self.models.pad, {"method": "custom", "content": {"event": "client_ready"}})
+        self._comm(self.models.preview, {"method": "custom", "content": {"event": "client_ready"}})
         self.visit.page_open_s = time.monotonic() - started
         return self.visit.page_open_s
 

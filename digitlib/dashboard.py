@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import ipywidgets as widgets
 import numpy as np
+from ipycanvas import Canvas, hold_canvas
+from ipycanvas.canvas import _CANVAS_MANAGER
 
 from digitlib.limits import TokenBucket, submission_limit
 from digitlib.preprocess import (
@@ -40,7 +42,7 @@ from digitlib.preprocess import (
 )
 from digitlib.registry import LiveModel
 from digitlib.serving import CheckpointError, OnnxModel, load_onnx_model
-from digitlib.store import NOT_A_DIGIT, FeedbackError, FeedbackStore, StoreConfigError, image_to_png
+from digitlib.store import NOT_A_DIGIT, FeedbackError, FeedbackStore, StoreConfigError
 from digitlib.stroke_pad import StrokePad, unflatten
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ PROMPT = "Draw a digit"
 PROMPT_HTML = f'<span style="font-size: 28px; font-weight: 400">{PROMPT}</span>'
 MIN_STEP = 1.0  # canvas px: closer pointer moves add no information, only points
 PREVIEW_PX = 112  # the 28x28 model input shown 4x, pixel for pixel
-BLANK_PREVIEW = image_to_png(np.zeros((MNIST_SIZE, MNIST_SIZE), np.uint8))
+BLANK_INPUT = np.zeros((MNIST_SIZE, MNIST_SIZE), np.uint8)
 
 # Stable hooks for browser tests (listed in the README).
 CSS = {
@@ -335,10 +337,13 @@ class Dashboard:
         self.prediction_label = _with_class(widgets.HTML(PROMPT_HTML), CSS["prediction"])
         self.confidence_label = widgets.HTML()
         self.bars = widgets.HTML(bars_html(None))
+        # What the model sees: the 28x28 input on an ipycanvas Canvas of that size, shown 4x by CSS.
         self.preview = _with_class(
-            widgets.Image(format="png", layout=widgets.Layout(width=f"{PREVIEW_PX}px", height=f"{PREVIEW_PX}px")),
+            Canvas(width=MNIST_SIZE, height=MNIST_SIZE, layout=widgets.Layout(width=f"{PREVIEW_PX}px")),
             "digit-preview",
         )
+        self.preview_image = BLANK_INPUT  # what the preview shows
+        self._preview_shown = False
         self.version_label = widgets.HTML(version_html(self.model.version))
         self.status = _with_class(widgets.HTML(), CSS["status"])
         self.clear_button = _button("Clear", CSS["clear"], "trash")
@@ -353,6 +358,7 @@ class Dashboard:
 
     def _connect(self) -> None:
         self.canvas.on_msg(self.on_pad_message)
+        self.preview.on_client_ready(self.on_preview_ready)
         self.clear_button.on_click(lambda _: self.clear())
         self.undo_button.on_click(lambda _: self.undo())
         self.correct_button.on_click(lambda _: self.submit_correct())
@@ -454,13 +460,27 @@ class Dashboard:
             self.prediction_label.value = PROMPT_HTML
             self.confidence_label.value = ""
             self.bars.value = bars_html(None)
-            self.preview.value = BLANK_PREVIEW
+            self.preview_image = BLANK_INPUT
         else:
             self.prediction_label.value = prediction_html(p)
             self.confidence_label.value = "" if p.rejected else f"<b>{p.confidence:.0%}</b> sure"
             self.bars.value = bars_html(p.probabilities)
-            self.preview.value = image_to_png(p.image)
+            self.preview_image = p.image
+        self._draw_preview()
         self._enable_answers(p is not None and self.pad.drawing_id not in self.saved_ids)
+
+    @_guarded
+    def on_preview_ready(self) -> None:
+        """A page shows the preview. Pixels sent before are lost, and with them ipycanvas' word of which
+        canvas it draws on (said once per kernel): say it again, then draw."""
+        _CANVAS_MANAGER._current_canvas = None
+        self._preview_shown = True
+        self._draw_preview()
+
+    def _draw_preview(self) -> None:
+        if self._preview_shown:
+            with hold_canvas():  # the canvas switch and the pixels in one message
+                self.preview.put_image_data(np.repeat(self.preview_image[:, :, None], 3, axis=2), 0, 0)
 
     def _enable_answers(self, enabled: bool) -> None:
         for button in (self.correct_button, *self.label_buttons, self.not_digit_button, self.done_button):

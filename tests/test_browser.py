@@ -100,6 +100,12 @@ def test_a_stroke_is_one_message_and_undo_follows_the_kernel(server, browser):
     draw(page, [A_SEVEN])  # 30 pointer moves
     wait_for_text(page, ".digit-prediction", r"^[0-9]$")
     assert ink_at(page, 140, 50)[:3] == [255, 255, 255]
+    # What the model saw is drawn on the preview (an ipycanvas Canvas, 28x28).
+    page.wait_for_function(
+        """() => { const c = document.querySelector('canvas.digit-preview')
+            || document.querySelector('.digit-preview canvas');
+          return c && c.getContext('2d').getImageData(0, 0, 28, 28).data.some((v, i) => i % 4 === 0 && v > 0); }"""
+    )
     page.locator(".digit-undo").click()
     wait_for_text(page, ".digit-prediction", "Draw a digit")
     page.wait_for_function("() => document.querySelector('canvas.digit-canvas').dataset.predicted === '2'")
@@ -111,7 +117,8 @@ def test_a_stroke_is_one_message_and_undo_follows_the_kernel(server, browser):
     comm = [decode_v1(f)[4]["data"] for f in sent if isinstance(f, bytes) and decode_v1(f)[1]["msg_type"] == "comm_msg"]
     assert not [d for d in comm if d["method"] == "update"], "the page sent widget state"
     custom = [d["content"] for d in comm if d["method"] == "custom"]
-    assert [c.get("event") for c in custom] == ["client_ready", "stroke", "click"], custom
+    # client_ready from the pad and from the model-input preview, in the order they were shown
+    assert sorted(c.get("event") for c in custom) == ["click", "client_ready", "client_ready", "stroke"], custom
     [stroke] = [c["points"] for c in custom if c.get("event") == "stroke"]
     xs, ys = stroke[0::2], stroke[1::2]
     assert len(stroke) % 2 == 0 and len(xs) > 10  # the whole stroke, points in between included

@@ -119,7 +119,7 @@ def test_pad_undo_clear_and_drawing_ids():
 def test_empty_canvas_shows_a_prompt_not_a_guess(dash):
     assert dash.prediction is None
     assert PROMPT in dash.prediction_label.value
-    assert not png_to_image(dash.preview.value).any()  # a black square, no broken image
+    assert dash.preview_image.shape == (28, 28) and not dash.preview_image.any()  # a black square
     assert all(b.disabled for b in answer_buttons(dash))
     assert dash.model.version in dash.version_label.value
 
@@ -145,7 +145,7 @@ def test_prediction_after_every_stroke_uses_the_one_preprocessing_path(dash, mod
     else:
         assert dash.prediction_label.value == str(int(expected.argmax()))
         assert f"{expected.max():.0%}" in dash.confidence_label.value
-    assert np.array_equal(png_to_image(dash.preview.value), second.image)
+    assert np.array_equal(dash.preview_image, second.image)  # what the model saw, pixel for pixel
     assert dash.bars.value.count('class="row') == 10 and dash.bars.value.count('class="row top"') == 1
     assert not any(b.disabled for b in answer_buttons(dash))
 
@@ -405,3 +405,21 @@ def test_a_model_without_a_not_digit_output_never_rejects_and_stores_null(model,
     dash.not_digit_button.click()
     [row] = store.rows()
     assert row["not_digit"] is True and row["rejected"] is False and row["not_digit_probability"] is None
+
+
+def test_the_preview_is_drawn_once_a_page_shows_it_and_again_for_a_reconnected_page(dash, monkeypatch):
+    """ipycanvas says which canvas it draws on only when that changes: a page that connects later
+    (or again) must hear it, or the model input is never drawn there."""
+    import ipycanvas.canvas
+
+    sent = []
+    monkeypatch.setattr(ipycanvas.canvas._CANVAS_MANAGER, "_send_custom", lambda c, buffers=(): sent.append(c))
+    draw(dash, SEVEN)
+    assert sent == []  # no page yet: nothing to lose
+    for _ in range(2):  # the page, then the same page reloaded
+        dash.on_preview_ready()
+        [commands] = sent[-1:]
+        assert [c[0] for c in commands][:1] == [ipycanvas.canvas.COMMANDS["switchCanvas"]] and len(commands) == 2
+    sent.clear()
+    draw(dash, SEVEN)
+    assert len(sent) == 1  # later predictions: the pixels only
