@@ -171,11 +171,30 @@ def honest_answers_table(result: dict) -> Table:
         for source, r in result["non_digits_dev"].items()
     ]
     generated = result["generated_validation_negatives"]
-    rows.append(["generated, held-out glyphs", f"{generated['n']:,}", "", "", "", _pct(generated["rejected"])])
+    rows.append(["generated, validation glyphs", f"{generated['n']:,}", "", "", "", _pct(generated["rejected"])])
+    if "generated_held_out_fonts" in result:
+        fonts = result["generated_held_out_fonts"]
+        rows.append(["generated, held-out fonts", f"{fonts['n']:,}", "", "", "", _pct(fonts["rejected"])])
     notes = [
         f"Model {result['model']}: temperature {result['temperature']:.3f}, not-digit threshold"
         f" {result['threshold']}. ECE: 15 bins; before = the raw digit softmax."
     ]
+    judged = result.get("leave_one_site_out")
+    if judged:
+        shares = "; ".join(
+            f"{label} mean {_pct(judged[key]['mean'])}, worst {_pct(judged[key]['worst'])}"
+            for key, label in (
+                ("digits", "pen digits answered not a digit"),
+                ("non_digits_dev", "non-digits dev caught"),
+                ("generated_held_out_fonts", "held-out fonts caught"),
+            )
+            if key in judged
+        )
+        thresholds = ", ".join(f"{site} {fold['threshold']:.4f}" for site, fold in judged["sites"].items())
+        notes.append(
+            f"Leave one site out (threshold fit on the other sites' pen digits, at most {judged['rate']:.0%},"
+            f" floor {judged['floor']:.4f}): {shares}. Thresholds: {thresholds}."
+        )
     return Table(columns, rows, notes)
 
 

@@ -171,10 +171,28 @@ def test_honest_answers_table_has_a_row_per_set():
         "pen digits",
         "non-digits dev, all",
         "non-digits dev, latin",
-        "generated, held-out glyphs",
+        "generated, validation glyphs",
     ]
     assert rows[0]["ECE after"] == "0.15%" and rows[1]['answered "not a digit"'] == "5.22%"
     assert rows[0]["n"] == "10,000" and rows[2]["accuracy"] == ""
+
+
+def test_honest_answers_table_reports_the_rule_judged_leave_one_site_out():
+    fold = {"n": 692, "threshold": 0.9854, "digits": 0.0101, "non_digits_dev": 0.9525}
+    judged = {
+        "rate": 0.01,
+        "floor": 0.5867,
+        "sites": {"apa": fold, "art": {**fold, "threshold": 0.9842}},
+        "digits": {"mean": 0.0129, "worst": 0.0235},
+        "non_digits_dev": {"mean": 0.9533, "worst": 0.9525},
+    }
+    held_out_fonts = {"n": 2000, "rejected": 0.866}
+    result = HONEST_RESULT | {"generated_held_out_fonts": held_out_fonts, "leave_one_site_out": judged}
+    table = run_all.table_of("honest_answers", result)
+    assert rows_of(table)[-1]["set"] == "generated, held-out fonts"
+    (note,) = [n for n in table.notes if n.startswith("Leave one site out")]
+    assert "pen digits answered not a digit mean 1.29%, worst 2.35%" in note
+    assert "at most 1%, floor 0.5867" in note and "apa 0.9854, art 0.9842" in note
 
 
 def test_a_benchmark_without_a_layout_gets_a_figure_value_table():
