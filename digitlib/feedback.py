@@ -171,20 +171,3 @@ def rejection_rates(frame: pd.DataFrame) -> dict:
         out[f"n_{key}"] = n
         out[key] = float(table.loc[row, "not a digit"] / n) if n else None
     return out
-
-
-# Moved by the split of this module (issue #16); the old names keep working until every caller
-# imports them from their new home (digitlib.cli, tests/test_hardening.py, tests/test_notebooks.py).
-_MOVED = {
-    "export_training_set": "digitlib.feedback_export",
-    "load_export": "digitlib.feedback_export",
-    "submit_drawings": "digitlib.simulate",
-}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
