@@ -183,11 +183,6 @@ def render_drawings(
     return stacked, rendered
 
 
-def drawings_to_inputs(drawings: Iterable, brush: Brush = DEFAULT_BRUSH) -> np.ndarray:
-    """Kept only until benchmarks/honest_answers.py and notebook 2.0 call render_drawings (issue 16)."""
-    return render_drawings(drawings, brush)[0]
-
-
 def standardise(unit_images, mean: float = MNIST_MEAN, std: float = MNIST_STD):
     """Intensities in 0-1 -> the models' input scale: (x - mean) / std.
 
