@@ -123,6 +123,9 @@ def fine_tune_config(base: LoadedModel, **overrides) -> TrainConfig:
         "val_size": 0,
         # Keep the base's outputs: a 10-output base stays one, an 11-output one keeps learning "not a digit".
         "negatives": TrainConfig.negatives if base.metadata.get("outputs", 10) > 10 else 0.0,
+        # A fine-tune learns the feedback; the pen-like data of the from-scratch recipe would only slow it.
+        "redraw": 0.0,
+        "stroke_digits": 0.0,
         **overrides,
     }
     return TrainConfig(**settings)
