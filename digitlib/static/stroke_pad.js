@@ -52,6 +52,12 @@ function render({ model, el }) {
     return [Math.round(x * 10) / 10, Math.round(y * 10) / 10];
   }
 
+  // touch-action alone still lets Chromium's gesture detector see a swipe, and a fast one leaves a
+  // fling that swallows the next tap on a button: the canvas keeps its touches to itself.
+  const keepTouch = (event) => event.preventDefault();
+  canvas.addEventListener("touchstart", keepTouch, { passive: false });
+  canvas.addEventListener("touchmove", keepTouch, { passive: false });
+
   canvas.addEventListener("pointerdown", (event) => {
     if (!event.isPrimary || event.button > 0 || current !== null) return; // one finger, the main button
     event.preventDefault();
