@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +81,17 @@ def train_tiny_model(out: Path) -> Path:
         if done.returncode != 0:
             raise RuntimeError(f"training the tiny test model failed:\n{done.stderr[-2000:]}")
     return out
+
+
+@contextmanager
+def dashboard_on(model_dir: Path, database: Path, timeout: float = 90) -> Iterator[tuple[str, str]]:
+    """(url, database_url) of a running dashboard serving `model_dir`, storing into the SQLite file
+    `database`, one kernel preheated."""
+    from dashboard_server import running_voila  # benchmarks/: on sys.path by conftest
+
+    from digitlib import config
+
+    database_url = f"sqlite:///{database}"
+    env = {**os.environ, config.MODEL_DIR.name: str(model_dir), config.DATABASE_URL.name: database_url}
+    with running_voila(env, timeout=timeout, extra_args=["--pool_size=1"]) as (port, _):
+        yield f"http://127.0.0.1:{port}/", database_url

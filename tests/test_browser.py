@@ -7,7 +7,6 @@ The server runs in its own process group, killed whole (kernels included) at the
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -15,9 +14,9 @@ from pathlib import Path
 import pytest
 from dashboard_driver import draw_in_page as draw
 from dashboard_driver import ink_at, kernel_of, wait_for_text
-from dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
+from dashboard_server import CHROMIUM, CHROMIUM_ARGS
+from helpers import dashboard_on
 
-from digitlib import config
 from digitlib.store import FeedbackStore
 from digitlib.voila_guard import DISCONNECT_GRACE_S
 
@@ -30,11 +29,8 @@ A_SEVEN = [(60, 50), (220, 50), (120, 240)]  # canvas pixels: a 7 the tiny model
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
     """(url, database_url) of a running dashboard using a tiny model and a temporary SQLite file."""
-    model = tiny_model_dir
-    database = tmp_path_factory.mktemp("browser-db") / "feedback.db"
-    env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: f"sqlite:///{database}"}
-    with running_voila(env, timeout=SERVER_START_S, extra_args=["--pool_size=1"]) as (port, _):
-        yield f"http://127.0.0.1:{port}/", env[config.DATABASE_URL.name]
+    with dashboard_on(tiny_model_dir, tmp_path_factory.mktemp("browser-db") / "feedback.db", SERVER_START_S) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,14 @@ screen and take ink in its right third, every button must show its whole label a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 from dashboard_driver import ink_at, wait_for_text
-from dashboard_server import CHROMIUM, CHROMIUM_ARGS, running_voila
+from dashboard_server import CHROMIUM, CHROMIUM_ARGS
+from helpers import dashboard_on
 
-from digitlib import config
 from digitlib.dashboard import CSS, TOUCH_PX, label_class
 from digitlib.preprocess import CANVAS_SIZE
 from digitlib.store import FeedbackStore
@@ -39,11 +38,8 @@ BUTTONS = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
-    model = tiny_model_dir
-    database = tmp_path_factory.mktemp("phone-db") / "feedback.db"
-    env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: f"sqlite:///{database}"}
-    with running_voila(env, timeout=90, extra_args=["--pool_size=1"]) as (port, _):
-        yield f"http://127.0.0.1:{port}/", env[config.DATABASE_URL.name]
+    with dashboard_on(tiny_model_dir, tmp_path_factory.mktemp("phone-db") / "feedback.db") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +145,8 @@ def rejecting_server(tmp_path_factory, tiny_model_dir):
     metadata = json.loads((model / "metadata.json").read_text())  # model.onnx, the checked file, is untouched
     metadata["rejection"] = {**(metadata.get("rejection") or {}), "threshold": 0.0}
     (model / "metadata.json").write_text(json.dumps(metadata))
-    database = tmp_path_factory.mktemp("rejecting-db") / "feedback.db"
-    env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: f"sqlite:///{database}"}
-    with running_voila(env, timeout=90, extra_args=["--pool_size=1"]) as (port, _):
-        yield f"http://127.0.0.1:{port}/", env[config.DATABASE_URL.name]
+    with dashboard_on(model, tmp_path_factory.mktemp("rejecting-db") / "feedback.db") as served:
+        yield served
 
 
 def test_a_rejected_drawing_reads_not_a_digit_on_a_phone(rejecting_server, phone):

@@ -7,12 +7,11 @@ drawing of the digit asked for.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from dashboard_driver import draw
-from helpers import SEVEN, UNREACHABLE_URL, make_feedback, save_untrained_model
+from helpers import SEVEN, UNREACHABLE_URL, dashboard_on, make_feedback, save_untrained_model
 
 from digitlib import config
 from digitlib.dashboard import FREE_MODE_TEXT, PROMPTED_MODE_TEXT, Dashboard, PromptPicker
@@ -137,13 +136,8 @@ def test_load_feedback_returns_the_label_source_even_from_before_revision_0004(t
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
-    from dashboard_server import running_voila
-
-    model = tiny_model_dir
-    database = tmp_path_factory.mktemp("prompted-db") / "feedback.db"
-    env = {**os.environ, config.MODEL_DIR.name: str(model), config.DATABASE_URL.name: f"sqlite:///{database}"}
-    with running_voila(env, timeout=90, extra_args=["--pool_size=1"]) as (port, _):
-        yield f"http://127.0.0.1:{port}/", env[config.DATABASE_URL.name]
+    with dashboard_on(tiny_model_dir, tmp_path_factory.mktemp("prompted-db") / "feedback.db") as served:
+        yield served
 
 
 @pytest.mark.slow
