@@ -62,6 +62,7 @@ def test_cli_under_torchrun_saves_once(tmp_path):
         "none",
         "--precision",
         "fp32",  # the same arithmetic on every CPU: auto would pick bf16 on some runners only
+        *("--negatives", "0", "--redraw", "0", "--stroke-digits", "0"),  # digits only: this is about saving once
         "--json",
     ]
     done = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=300)
