@@ -2,8 +2,9 @@
 
 `export_training_set` re-renders every stored drawing from its strokes through
 preprocess.strokes_to_input (today's preprocessing, not the PNG saved when it was drawn),
-drops duplicates, sets aside the labels digitlib.label_checks suspects, splits off a fixed
-held-out set and writes a manifest. "Not a digit" answers stay out of the digit sets: they go
+drops duplicates, sets aside the labels digitlib.label_checks suspects (out of the training
+split; the held-out split keeps them, see export_training_set), splits off a fixed held-out set
+and writes a manifest. "Not a digit" answers stay out of the digit sets: they go
 to not_digit.npz, a class of their own. `load_export` reads an export back, checked.
 """
 
@@ -92,8 +93,13 @@ def export_training_set(
     of its own for a trainer with a not-digit output, never mixed into the digit labels.
 
     With `check_labels`, digit answers go through digitlib.label_checks (judged out of sample by
-    the registry in `models_dir`): suspect rows are left out of train and holdout unless
-    `keep_suspect`, and listed in the manifest either way (submission id, reason).
+    the registry in `models_dir`): suspect rows are left out of train unless `keep_suspect`, and
+    listed in the manifest either way (submission id, reason). The held-out split keeps every
+    digit answer of its bucket, suspect or not: the judge of new rows is the current model, so a
+    held-out split cleaned by it would hold only the rows that model already reads (its confident
+    mistakes are what the checks flag) and the promotion gate, comparing a candidate with that
+    model there, could never see a gain. Wrong labels left in the held-out split cost current
+    and candidate alike, unless the candidate learnt them: the gate's trusted sets catch that.
 
     Raises FeedbackDataError when there is no usable feedback.
     """
@@ -112,12 +118,13 @@ def export_training_set(
     holdout = usable["submission_id"].map(lambda s: in_holdout(s, holdout_fraction)).to_numpy()
     negative = usable["not_digit"].to_numpy(bool)
     suspect, suspects = _suspect_rows(usable, images, negative, models_dir) if check_labels else (None, None)
-    kept = ~negative if suspect is None or keep_suspect else ~negative & ~suspect
+    trained = ~negative if suspect is None or keep_suspect else ~negative & ~suspect
     out = Path(out)
-    splits, checksums = {"train": ~holdout & kept, "holdout": holdout & kept}, {}
+    # the held-out split is never filtered by the label checks (their judge is the model it is compared with)
+    splits, checksums = {"train": ~holdout & trained, "holdout": holdout & ~negative}, {}
     dropped = {"duplicates": duplicates, "conflicting_labels": conflicting, "unrenderable": len(unique) - len(usable)}
     if suspect is not None and not keep_suspect:
-        dropped["suspect_labels"] = int(suspect.sum())
+        dropped["suspect_labels"] = int((suspect & ~holdout).sum())  # from train; the held-out split keeps its own
     manifest = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source_db": redact_url(url),
@@ -138,8 +145,11 @@ def export_training_set(
             "checked": check_labels,
             "kept_in_splits": keep_suspect,
             "n_suspect": len(suspects) if suspects is not None else None,
+            "in_holdout": int((suspect & holdout).sum()) if suspect is not None else None,
             "suspect": suspects,
-            "note": "digit answers judged by out-of-sample probabilities (digitlib.label_checks), see judged_by",
+            "note": "digit answers judged by out-of-sample probabilities (digitlib.label_checks), see judged_by; "
+            "suspect rows are left out of train only: the held-out split, which the gate compares the judge on, "
+            "keeps them",
         },
         "model_versions": {str(k): int(v) for k, v in usable["model_version"].value_counts().items()},
         "preprocessing": "preprocess.strokes_to_input (re-rendered from stored strokes)",
