@@ -371,6 +371,7 @@ def poisoned_feedback_table(result: dict) -> Table:
         "injected",
         "flagged (precision / recall)",
         "unseen writers: current -> candidate",
+        "feedback held-out (n): current -> candidate",
     ]
     columns += ["gate"]
     rows = []
@@ -379,11 +380,12 @@ def poisoned_feedback_table(result: dict) -> Table:
         if run["checks"]:
             flagged = f"{run['flagged']} ({_pct(run['flag_precision'], 0)} / {_pct(run['flag_recall'], 0)})"
         unseen = f"{_pct(run['current_unseen_accuracy'])} -> {_pct(run['candidate_unseen_accuracy'])}"
+        held = run.get("feedback_holdout")  # runs before 2026-12-01 did not report it
+        held = f"({held['n']}) {_pct(held['current'])} -> {_pct(held['candidate'])}" if held else "-"
         gate = "promoted" if run["promoted"] else "refused"
         attack = "none (clean)" if run["rate"] == 0 else run["attack"]
-        rows.append(
-            [attack, _pct(run["rate"], 0), "on" if run["checks"] else "off", run["injected"], flagged, unseen, gate]
-        )
+        checks = "on" if run["checks"] else "off"
+        rows.append([attack, _pct(run["rate"], 0), checks, run["injected"], flagged, unseen, held, gate])
     notes = []
     if "base" in result:
         notes.append(

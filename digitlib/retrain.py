@@ -1,6 +1,7 @@
 """The retrain pipeline, once: feedback export, training mix, fine-tuned candidate, comparison, decision, registry.
 
-`retrain` runs it all: the feedback is exported (label checks on, suspect rows left out), the
+`retrain` runs it all: the feedback is exported (label checks on, suspect rows left out of
+training; the held-out split keeps them, as feedback_export explains), the
 current version is fine-tuned on MNIST plus the oversampled feedback, candidate and current are
 compared side by side on the MNIST test set, the feedback held-out split and the trusted data
 the feedback cannot touch (MNIST's validation split, the pen-digit dev set), the promotion rule

@@ -8,7 +8,7 @@ visitor's answer. This is the one module of the feedback side that imports the d
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -37,13 +37,20 @@ def remembered_predictions(model) -> Predict:
 
 
 def submit_drawings(
-    store: FeedbackStore, model, drawings: Iterable[Drawing], per_session: int = 20, predict: Predict | None = None
+    store: FeedbackStore,
+    model,
+    drawings: Iterable[Drawing],
+    per_session: int = 20,
+    predict: Predict | None = None,
+    submission_ids: Sequence[str] | None = None,
 ) -> int:
     """Answer the dashboard with recorded drawings, as visitors would; returns how many rows were saved.
 
     A drawing's label is the visitor's answer (a null label: "not a digit"); every `per_session`
     drawings make one session, named after the drawing's source. `predict` replaces the model's
-    prediction (remembered_predictions) when the same drawings are answered again.
+    prediction (remembered_predictions) when the same drawings are answered again;
+    `submission_ids` (one per drawing) replace the random ones a browser makes, so that the same
+    drawing lands on the same side of the export's fixed split every time (benchmarks).
     """
     predict = predict or (lambda strokes: predict_strokes(model, strokes))
     threads = torch.get_num_threads()
@@ -59,6 +66,7 @@ def submit_drawings(
                 image=prediction.image,
                 model_version=prediction.model_version,
                 session_id=f"{drawing.source}-{i // per_session}",
+                submission_id=None if submission_ids is None else submission_ids[i],
                 rejected=prediction.rejected,
                 not_digit_probability=prediction.not_digit,
             )

@@ -157,6 +157,10 @@ def test_poisoned_feedback_reads_both_json_lines_and_makes_one_row_per_run():
     assert rows[2]["flagged (precision / recall)"] == "-" and rows[2]["checks"] == "off"
     assert [r["gate"] for r in rows] == ["promoted", "refused", "refused"]
     assert rows[0]["unseen writers: current -> candidate"] == "98.95% -> 98.95%"
+    assert rows[0]["feedback held-out (n): current -> candidate"] == "-"  # older runs did not report it
+    result["runs"][0] = POISONED_RUNS[0] | {"feedback_holdout": {"n": 150, "current": 0.9733, "candidate": 0.98}}
+    rows = rows_of(run_all.table_of("poisoned_feedback", result))
+    assert rows[0]["feedback held-out (n): current -> candidate"] == "(150) 97.33% -> 98.00%"
 
 
 def test_last_json_refuses_output_without_json():

@@ -48,3 +48,11 @@ def test_remembered_predictions_ask_the_model_once_per_drawing(tmp_path, sqlite_
     rows = store.rows()
     assert [r["true_label"] for r in rows] == [1, 2, 7, 4] and rows[0]["image"] == rows[2]["image"]
     store.dispose()
+
+
+def test_given_submission_ids_fix_each_drawings_side_of_the_split(tmp_path, sqlite_url):
+    store = FeedbackStore(sqlite_url, queue_file=tmp_path / "q.jsonl")
+    answers = [Drawing(ONE, 1, "a"), Drawing(STAR, 2, "a")]
+    assert submit_drawings(store, Model(), answers, submission_ids=["drawing-0", "drawing-1"]) == 2
+    assert [r["submission_id"] for r in store.rows()] == ["drawing-0", "drawing-1"]
+    store.dispose()
