@@ -84,13 +84,14 @@ class TreeMonitor:
             return []
 
     def cpu_s(self) -> float:
-        """user+sys of the tree: the server, its reaped children and every live descendant."""
+        """user+sys of the tree: the server, its reaped children and every live descendant with its
+        own reaped children (kernels forked by the zygote are the zygote's to reap)."""
         t = self.root.cpu_times()
         total = t.user + t.system + t.children_user + t.children_system
         for p in self.root.children(recursive=True):
             try:
                 c = p.cpu_times()
-                total += c.user + c.system
+                total += c.user + c.system + c.children_user + c.children_system
             except psutil.NoSuchProcess:
                 pass
         return total
@@ -164,8 +165,18 @@ class TreeMonitor:
 
 
 def _is_kernel(p: psutil.Process) -> bool:
+    """A kernel started cold (python -m ipykernel_launcher) or forked by the kernel zygote (a child of
+    the zygote with its command line); not the zygote itself, not a kernel's launcher."""
     try:
-        return "ipykernel" in " ".join(p.cmdline())
+        cmdline = " ".join(p.cmdline())
+        if "kernel_launcher.py" in cmdline:
+            return False
+        if "ipykernel" in cmdline:
+            return True
+        if "digitlib.kernel_zygote" in cmdline:
+            parent = p.parent()
+            return parent is not None and "digitlib.kernel_zygote" in " ".join(parent.cmdline())
+        return False
     except psutil.Error:
         return False
 

@@ -71,6 +71,11 @@ ONNX_CHECK = Setting(
 POOL_SIZE = Setting(
     "DIGITLIB_POOL_SIZE", "2", "Preheated dashboard kernels kept ready (unset: voila.json's default_pool_size, 2)."
 )
+KERNEL_ZYGOTE = Setting(
+    "DIGITLIB_KERNEL_ZYGOTE",
+    "1",
+    "Dashboard kernels are forks of a process that has imported their modules (0: each starts cold).",
+)
 MAX_KERNELS = Setting(
     "DIGITLIB_MAX_KERNELS", "40", "Visitor kernels the dashboard runs at once; beyond it a busy page (HTTP 503)."
 )
@@ -95,6 +100,7 @@ SETTINGS = (
     SUBMIT_BURST,
     ONNX_CHECK,
     POOL_SIZE,
+    KERNEL_ZYGOTE,
     MAX_KERNELS,
     MAX_KERNELS_PER_CLIENT,
     TRUSTED_PROXIES,

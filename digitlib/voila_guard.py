@@ -12,7 +12,8 @@
   says it is starting, and sets the `_xsrf` cookie the page's unload beacon needs to shut its
   kernel down. The identity provider is the one configurable class whose handlers Voilà routes.
 - `GuardedKernelManager` (VoilaConfiguration.multi_kernel_manager_class) takes the preheated pool
-  size from DIGITLIB_POOL_SIZE.
+  size from DIGITLIB_POOL_SIZE and starts the kernel zygote (digitlib.kernel_zygote): its
+  `ZygoteKernelManager`s start each kernel as a fork of it (DIGITLIB_KERNEL_ZYGOTE=0: cold).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import ipaddress
 import json
 import math
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,12 +32,13 @@ from dataclasses import dataclass
 import tornado.web
 from jupyter_server.auth.identity import PasswordIdentityProvider
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
-from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager, ServerKernelManager
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop
+from traitlets import default
 from voila.tornado.handler import TornadoVoilaHandler
 
-from digitlib import config
+from digitlib import config, kernel_zygote
 
 V1 = "v1.kernel.websocket.jupyter.org"
 
@@ -455,13 +458,46 @@ class GuardedIdentityProvider(PasswordIdentityProvider):
         return handlers
 
 
+class ZygoteKernelManager(ServerKernelManager):
+    """One kernel: started as a fork of its parent manager's zygote when there is one."""
+
+    def format_kernel_cmd(self, extra_arguments=None) -> list[str]:
+        cmd = super().format_kernel_cmd(extra_arguments)
+        zygote = getattr(self.parent, "zygote", None)
+        return zygote.command(cmd) if zygote is not None else cmd
+
+
 class GuardedKernelManager(AsyncMappingKernelManager):
-    """Voilà's kernel manager base with the preheated pool size from DIGITLIB_POOL_SIZE."""
+    """Voilà's kernel manager base with the preheated pool size from DIGITLIB_POOL_SIZE and
+    kernels forked from a zygote (DIGITLIB_KERNEL_ZYGOTE)."""
+
+    zygote: kernel_zygote.Zygote | None = None
+
+    @default("kernel_manager_class")
+    def _default_kernel_manager_class(self):
+        return "digitlib.voila_guard.ZygoteKernelManager"
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
+        if kernel_zygote.enabled():
+            self.zygote = self._start_zygote()
         if os.environ.get(config.POOL_SIZE.name) and self.has_trait("kernel_pools_config"):
             size = int_setting(config.POOL_SIZE, 0, 64)
             self.kernel_pools_config = {
                 "default": {"pool_size": size, "kernel_env_variables": self.default_env_variables}
             }
+
+    def _start_zygote(self) -> kernel_zygote.Zygote | None:
+        """The zygote for the default kernel's interpreter, or None (every kernel then starts cold)."""
+        try:
+            argv = self.kernel_spec_manager.get_kernel_spec(self.default_kernel_name).argv
+            python = kernel_zygote.python_of(argv)
+            if not python:
+                self.log.warning("digitlib: kernel %s is not ipykernel_launcher, no zygote", self.default_kernel_name)
+                return None
+            if python[0] in {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}:
+                python[0] = sys.executable  # as jupyter_client's format_kernel_cmd does
+            return kernel_zygote.Zygote(python)
+        except Exception as e:  # noqa: BLE001 - kernels still start, cold
+            self.log.warning("digitlib: no kernel zygote (%s), kernels start cold", e)
+            return None
