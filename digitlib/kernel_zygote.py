@@ -209,6 +209,10 @@ def _run_kernel(conn: socket.socket, request: dict, fds: list[int]) -> int:
     cwd = request.get("cwd")
     if cwd:
         os.chdir(cwd)
+    # Python's `random` reseeds itself in a fork; numpy's legacy global generator does not: every
+    # kernel would draw the same numbers from it.
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
     argv = [str(a) for a in request["argv"]]
     sys.argv = [KERNEL_MODULE, *argv]
     # ipykernel_launcher leaves the working directory off sys.path while it imports; the kernel's

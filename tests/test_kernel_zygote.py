@@ -75,6 +75,8 @@ def test_forked_kernel_lives_and_dies_with_its_launcher(tmp_path):
         pid, ppid = int(pid), int(ppid)
         assert ppid == zygote.process.pid  # a fork of the zygote, not a fresh interpreter
         assert (probe, cwd, preloaded) == ("passed", str(tmp_path), "True")
+        # Each fork draws its own random numbers (numpy's global generator is reseeded).
+        draws = {_run(kc, "import numpy; print(numpy.random.randint(1 << 30))")}
         # ipywidgets, imported before the kernel existed, still answers the page's widget comms.
         targets = _run(kc, "print(sorted(get_ipython().kernel.comm_manager.targets))")
         assert "'jupyter.widget'" in targets and "'jupyter.widget.control'" in targets
@@ -96,6 +98,8 @@ def test_forked_kernel_lives_and_dies_with_its_launcher(tmp_path):
         kc.wait_for_ready(timeout=60)
         assert _gone(pid)
         pid = int(_run(kc, "import os; print(os.getpid())"))
+        draws.add(_run(kc, "import numpy; print(numpy.random.randint(1 << 30))"))
+        assert len(draws) == 2
         # The kernel manager kills the launcher (SIGKILL): the kernel exits with it.
         os.kill(km.provisioner.process.pid, signal.SIGKILL)
         assert _gone(pid)
