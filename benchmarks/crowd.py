@@ -38,7 +38,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dashboard_server import free_port, running_voila, stop_group, wait_until_listening  # noqa: E402
+from dashboard_server import free_port, is_kernel_process, running_voila, stop_group, wait_until_listening  # noqa: E402
 from voila_client import Visitor  # noqa: E402
 
 from digitlib import config  # noqa: E402
@@ -165,18 +165,9 @@ class TreeMonitor:
 
 
 def _is_kernel(p: psutil.Process) -> bool:
-    """A kernel started cold (python -m ipykernel_launcher) or forked by the kernel zygote (a child of
-    the zygote with its command line); not the zygote itself, not a kernel's launcher."""
     try:
-        cmdline = " ".join(p.cmdline())
-        if "kernel_launcher.py" in cmdline:
-            return False
-        if "ipykernel" in cmdline:
-            return True
-        if "digitlib.kernel_zygote" in cmdline:
-            parent = p.parent()
-            return parent is not None and "digitlib.kernel_zygote" in " ".join(parent.cmdline())
-        return False
+        parent = p.parent()
+        return is_kernel_process(p.cmdline(), parent.cmdline() if parent else ())
     except psutil.Error:
         return False
 

@@ -103,3 +103,15 @@ def running_voila(
         yield port, process
     finally:
         stop_group(process)
+
+
+def is_kernel_process(cmdline: Sequence[str], parent_cmdline: Sequence[str] = ()) -> bool:
+    """A kernel's process: started cold (python -m ipykernel_launcher) or forked by the kernel zygote
+    (a child of the zygote, with its command line); not the zygote itself, not a kernel's launcher
+    (digitlib/kernel_launcher.py, whose command line ends in the kernel's own command)."""
+    line = " ".join(cmdline)
+    if "kernel_launcher.py" in line:
+        return False
+    if "ipykernel" in line:
+        return True
+    return "digitlib.kernel_zygote" in line and "digitlib.kernel_zygote" in " ".join(parent_cmdline)

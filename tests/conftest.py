@@ -121,6 +121,7 @@ SLOW_COMMANDS = {
     "jupyter lab": "starts JupyterLab",
     "jupyter-lab": "starts JupyterLab",
     "ipykernel_launcher": "starts a notebook kernel",
+    "digitlib.kernel_zygote": "starts the kernel zygote",
     "pg_ctl": "starts a PostgreSQL server",
     "caddy run": "starts Caddy",
     "torch.distributed.run": "trains under torchrun",

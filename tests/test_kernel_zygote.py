@@ -24,6 +24,27 @@ def test_python_of_a_kernelspec():
     assert python_of(["python", "-m", "other_kernel"]) is None
 
 
+def test_benchmarks_count_forked_kernels_not_launchers():
+    from dashboard_server import is_kernel_process
+
+    zygote = ["/v/python", "-m", "digitlib.kernel_zygote", "/tmp/z/zygote.sock"]
+    launcher = [
+        "/v/python",
+        "-I",
+        "-S",
+        str(LAUNCHER),
+        "/tmp/z/zygote.sock",
+        "--",
+        "python",
+        "-m",
+        "ipykernel_launcher",
+    ]
+    assert is_kernel_process(["python", "-m", "ipykernel_launcher", "-f", "c.json"], ["voila"])
+    assert is_kernel_process(zygote, zygote)  # a fork of the zygote
+    assert not is_kernel_process(zygote, ["python", "-m", "voila"])  # the zygote itself
+    assert not is_kernel_process(launcher, ["python", "-m", "voila"])
+
+
 def test_launcher_without_a_zygote_starts_cold(tmp_path):
     """No zygote on the socket: the launcher gives up at once (it then execs the kernel's own command)."""
     t0 = time.monotonic()
