@@ -44,6 +44,11 @@ PRELOAD = (
     "ipykernel.kernelapp",
     "ipykernel.ipkernel",
     "ipykernel.zmqshell",
+    "ipykernel.debugger",  # debugpy: imported by every kernel's start (the debugger itself is not started)
+    "IPython.core.debugger",
+    "sqlite3",  # IPython's history
+    "psutil",
+    "tornado.ioloop",
     "IPython.core.interactiveshell",
     "IPython.core.completer",
     "ipywidgets",
@@ -252,6 +257,7 @@ class Zygote:
         self.dir = tempfile.mkdtemp(prefix="digitlib-zygote-")  # 0700: only this user may ask for kernels
         self.socket_path = os.path.join(self.dir, "zygote.sock")
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # debugpy, imported here, warns about frozen modules once
         self.process = subprocess.Popen(
             [*self.python, "-m", "digitlib.kernel_zygote", self.socket_path],
             env=env,
