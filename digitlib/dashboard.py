@@ -67,6 +67,7 @@ CSS = {
     "prompt": "digit-prompt",  # "Draw a 4": contains the digit asked for
     "done": "digit-done",  # store the drawing under the prompt's label
     "skip": "digit-skip",  # another prompt, nothing stored
+    "answers_off": "digit-answers-off",  # on the dashboard while there is nothing to answer
 }
 FREE_MODE_TEXT, PROMPTED_MODE_TEXT = "Draw what I ask", "Draw freely"
 TOUCH_PX = 44  # smallest comfortable touch target (Apple HIG, WCAG 2.5.5)
@@ -92,6 +93,11 @@ STYLE = f"""<style>
     font-size: 72px; line-height: 80px; height: 88px; }}
   .digit-dashboard .digit-answers .jupyter-button {{ min-width: 52px; }}
 }}
+/* Nothing to answer (no drawing, or it is saved): the answer buttons are off. One class on the dashboard,
+   one message, instead of 13 buttons' `disabled` each; a click that still arrives (keyboard) is refused
+   by the kernel (Dashboard.submit). */
+.digit-dashboard.digit-answers-off .digit-answers .jupyter-button, .digit-dashboard.digit-answers-off .digit-correct,
+.digit-dashboard.digit-answers-off .digit-done {{ pointer-events: none; opacity: 0.4; cursor: default; }}
 .digit-dashboard .digit-prompt .widget-html-content {{ font-size: 28px; line-height: 44px; }}
 .digit-bars {{ font: 13px monospace; }}
 .digit-bars .row {{ display: flex; align-items: center; gap: 6px; height: 18px; }}
@@ -355,6 +361,8 @@ class Dashboard:
         self.prompt_label = _with_class(widgets.HTML(), CSS["prompt"])
         self.done_button = _button("Done", CSS["done"], "check", style="success")
         self.skip_button = _button("Skip", CSS["skip"], "forward")
+        self.root = _with_class(widgets.VBox(), "digit-dashboard")  # its children come in layout()
+        self.answers_enabled = True
 
     def _connect(self) -> None:
         self.canvas.on_msg(self.on_pad_message)
@@ -390,18 +398,15 @@ class Dashboard:
             widgets.HBox([self.prompt_label, self.done_button, self.skip_button]), "digit-buttons"
         )
         self._show_mode()
-        box = widgets.VBox(
-            [
-                widgets.HTML(STYLE),
-                _with_class(widgets.HBox([self.prompt_mode_button]), "digit-buttons"),
-                _with_class(widgets.HBox([left, right]), "digit-row"),
-                self.free_answers,
-                self.prompted_answers,
-                self.status,
-            ]
-        )
-        box.add_class("digit-dashboard")
-        return box
+        self.root.children = [
+            widgets.HTML(STYLE),
+            _with_class(widgets.HBox([self.prompt_mode_button]), "digit-buttons"),
+            _with_class(widgets.HBox([left, right]), "digit-row"),
+            self.free_answers,
+            self.prompted_answers,
+            self.status,
+        ]
+        return self.root
 
     # --- drawing ------------------------------------------------------------------------------
 
@@ -483,8 +488,12 @@ class Dashboard:
                 self.preview.put_image_data(np.repeat(self.preview_image[:, :, None], 3, axis=2), 0, 0)
 
     def _enable_answers(self, enabled: bool) -> None:
-        for button in (self.correct_button, *self.label_buttons, self.not_digit_button, self.done_button):
-            button.disabled = not enabled
+        """The answer buttons on or off: one class on the dashboard (one widget message when it changes)."""
+        self.answers_enabled = enabled
+        if enabled:
+            self.root.remove_class(CSS["answers_off"])
+        else:
+            self.root.add_class(CSS["answers_off"])
 
     # --- prompted drawing ---------------------------------------------------------------------
 

@@ -70,8 +70,9 @@ def test_draw_predict_label_and_store(server, browser):
     status = wait_for_text(page, ".digit-status", "Saved")
     assert "Saved as 7" in status
     assert "Draw a digit" in wait_for_text(page, ".digit-prediction", "Draw a digit")  # cleared for the next
-    # A second click on the same drawing stores nothing more.
-    assert page.locator(".digit-label-7").is_disabled()
+    # A second click on the same drawing stores nothing more: the answer buttons are off.
+    page.wait_for_selector(".digit-dashboard.digit-answers-off")
+    assert page.locator(".digit-label-7").evaluate("b => getComputedStyle(b).pointerEvents") == "none"
 
     store = FeedbackStore(database_url)
     [row] = store.rows()

@@ -38,14 +38,14 @@ def test_a_simulated_prompted_session_stores_the_prompts_labels_and_their_source
     dash.toggle_prompt_mode()
     assert dash.prompt_mode_button.description == PROMPTED_MODE_TEXT
     assert dash.free_answers.layout.display == "none" and dash.prompted_answers.layout.display is None
-    assert dash.done_button.disabled  # nothing drawn yet
+    assert not dash.answers_enabled  # nothing drawn yet
 
     asked = []
     for _ in range(3):
         asked.append(prompted_digit(dash))
         draw(dash, SEVEN)  # whatever is drawn, the label is the prompt's
         assert dash.prediction is not None and dash.prediction_label.value  # still predicts live
-        assert not dash.done_button.disabled
+        assert dash.answers_enabled
         assert dash.submit_prompted() == "saved"
         assert f"Saved as {asked[-1]}" in dash.status.value
     assert len(set(asked)) == 3  # an empty store: each answer moves the session to another digit
