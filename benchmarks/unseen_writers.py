@@ -35,6 +35,7 @@ CANDIDATES = {
     "pen+redraw": {"redraw": 0.5, "stroke_digits": 0.0},
     "pen+strokes": {"redraw": 0.0, "stroke_digits": 0.2},
     "pen+redraw+strokes": {"redraw": 0.5, "stroke_digits": 0.2},
+    "pen+redraw25+strokes": {"redraw": 0.25, "stroke_digits": 0.2},  # the default recipe since issue #13
     "draw+redraw+strokes": {"augment": "draw", "redraw": 0.5, "stroke_digits": 0.2},
 }
 RUNS_DIR = config.DATA_DIR / "unseen-writers"

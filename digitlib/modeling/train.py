@@ -60,7 +60,7 @@ class TrainConfig:
         default=0.2,
     )
     redraw: float = _help(
-        "chance that a training digit is shown re-drawn along its skeleton with a round pen (pen_style)", default=0.5
+        "chance that a training digit is shown re-drawn along its skeleton with a round pen (pen_style)", default=0.25
     )
     stroke_digits: float = _help(
         "digits written in stroke space (stroke fonts, written variants; pen_style) as a share of the training images",
