@@ -47,9 +47,7 @@ def test_benchmarks_count_forked_kernels_not_launchers():
 
 def test_launcher_without_a_zygote_starts_cold(tmp_path):
     """No zygote on the socket: the launcher gives up at once (it then execs the kernel's own command)."""
-    t0 = time.monotonic()
     assert kernel_launcher.forked_kernel(str(tmp_path / "none.sock"), ["python", "-m", "ipykernel_launcher"]) is None
-    assert time.monotonic() - t0 < 1
 
 
 def _run(kc, code: str) -> str:
@@ -107,8 +105,11 @@ def test_forked_kernel_lives_and_dies_with_its_launcher(tmp_path):
             "HTML",
         )
         # An interrupt reaches the forked kernel through its launcher.
-        kc.execute("import time; time.sleep(30)")
-        time.sleep(1)
+        sleeping = kc.execute("import time; print('asleep', flush=True); time.sleep(30)")
+        while True:  # interrupt once the cell runs (its first output), not after a guessed wait
+            msg = kc.get_iopub_msg(timeout=10)
+            if msg["parent_header"].get("msg_id") == sleeping and msg["msg_type"] == "stream":
+                break
         km.interrupt_kernel()
         reply = kc.get_shell_msg(timeout=10)
         while reply["msg_type"] != "execute_reply":
