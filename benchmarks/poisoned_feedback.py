@@ -14,14 +14,15 @@ Each run is one digitlib.retrain, the candidate kept in memory (a temporary regi
 left as it is): the feedback is exported (label checks on: suspect rows left out of training; off:
 all kept; the held-out split keeps them either way, see feedback_export), the flags are scored
 against the injected rows (precision, recall), the base model is fine-tuned
-briefly on a few thousand MNIST images plus the feedback, and the promotion rule (registry.decide)
+on a few thousand MNIST images plus the feedback, and the promotion rule (registry.decide)
 judges it on the feedback held-out split, MNIST test, MNIST validation and a pen-digit set of
 drawings from the feedback sites by writers whose drawings were not used as feedback (`--gate-size`
 of them). The sites not used for feedback are seen by neither the feedback nor the gate:
 `*_unseen_accuracy` is measured on all their drawings. Every attack and rate runs with the same
 settings and the same drawings on each side of the export's split (a drawing keeps its submission
-id in every run); the default sizes (750 feedback drawings, 3,000 MNIST images, one epoch, 2,000 MNIST
-test and validation images) keep the default 13 runs to about six minutes on two CPU cores.
+id in every run); the defaults (750 feedback drawings repeated 10 times and 3,000 MNIST images, two
+epochs as make retrain does; 2,000 MNIST test and validation images) keep the default 13 runs
+under six minutes on two CPU cores (169 s on 2026-12-01).
 
     nice -n 19 .venv/bin/python benchmarks/poisoned_feedback.py [--json] [--attacks random,targeted,garbage]
         [--rates 0.1,0.3] [--per-site 250] [--mnist-subset 3000] [--no-unchecked]
@@ -64,8 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mnist-subset", type=int, default=3000, help="MNIST training images in each fine-tune")
     parser.add_argument("--mnist-test-size", type=int, default=2000)
     parser.add_argument("--mnist-validation-size", type=int, default=2000, help="of the 5,000 held out of training")
-    parser.add_argument("--oversample", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=1)
+    # make retrain's oversample and epochs (RetrainSettings): a candidate that moves enough for poison to show
+    parser.add_argument("--oversample", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return parser.parse_args(argv)
