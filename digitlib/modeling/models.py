@@ -50,7 +50,12 @@ def vggbn_cnn(width: int = 32, hidden: int = 256, dropout: float = 0.3) -> nn.Mo
     )
 
 
-ARCHITECTURES = {"seed": seed_cnn, "vggbn": vggbn_cnn}
+def vggbn48_cnn() -> nn.Module:
+    """vggbn with 48 and 96 channels: about 2.3x its multiply-adds, 1.6x its weights (2.2 MB)."""
+    return vggbn_cnn(width=48)
+
+
+ARCHITECTURES = {"seed": seed_cnn, "vggbn": vggbn_cnn, "vggbn48": vggbn48_cnn}
 
 
 def build_model(arch: str = DEFAULT_ARCH, **params) -> nn.Module:
