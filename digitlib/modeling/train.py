@@ -37,7 +37,7 @@ def _help(text: str, **kw):
 class TrainConfig:
     """Everything that defines a training run; recorded in the model's metadata."""
 
-    arch: str = _help("architecture: seed or vggbn", default=DEFAULT_ARCH)
+    arch: str = _help("architecture: seed, vggbn or vggbn48", default=DEFAULT_ARCH)
     epochs: int = _help("passes over the training set", default=20)
     batch_size: int = _help("images per step", default=128)
     lr: float = _help("peak learning rate", default=3e-3)
