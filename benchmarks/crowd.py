@@ -38,7 +38,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dashboard_server import free_port, is_kernel_process, running_voila, stop_group, wait_until_listening  # noqa: E402
+from dashboard_server import free_port, is_kernel, running_voila, stop_group, wait_until_listening  # noqa: E402
 from voila_client import Visitor  # noqa: E402
 
 from digitlib import config  # noqa: E402
@@ -79,7 +79,7 @@ class TreeMonitor:
 
     def kernels(self) -> list[psutil.Process]:
         try:
-            return [p for p in self.root.children(recursive=True) if _is_kernel(p)]
+            return [p for p in self.root.children(recursive=True) if is_kernel(p)]
         except psutil.NoSuchProcess:
             return []
 
@@ -108,7 +108,7 @@ class TreeMonitor:
             try:
                 info = p.memory_full_info()
                 pss += info.pss
-                if p is not self.root and _is_kernel(p):
+                if p is not self.root and is_kernel(p):
                     uss.append(info.uss)
             except psutil.Error:
                 pass
@@ -124,7 +124,7 @@ class TreeMonitor:
             try:
                 r = p.memory_info().rss
                 rss += r
-                if p is not self.root and _is_kernel(p):
+                if p is not self.root and is_kernel(p):
                     kernels.append(r)
             except psutil.NoSuchProcess:
                 pass
@@ -162,14 +162,6 @@ class TreeMonitor:
             self.own_cpu_total = self.own_cpu_s() - self.own_cpu_start
         except psutil.NoSuchProcess:  # stopped by the RSS guard
             self.cpu_total = self.own_cpu_total = float("nan")
-
-
-def _is_kernel(p: psutil.Process) -> bool:
-    try:
-        parent = p.parent()
-        return is_kernel_process(p.cmdline(), parent.cmdline() if parent else ())
-    except psutil.Error:
-        return False
 
 
 def settled_kernels(monitor: TreeMonitor, expected: int, timeout: float = 120) -> list[float]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
-from dashboard_server import CHROMIUM, CHROMIUM_ARGS, is_kernel_process, running_voila
+from dashboard_server import CHROMIUM, CHROMIUM_ARGS, kernels_of, running_voila
 
 from digitlib import config
 from digitlib.dashboard import predict_strokes
@@ -151,15 +151,7 @@ def kernel_import(model_dir: str | None, runs: int = 5) -> dict:
 
 
 def kernels(server: subprocess.Popen) -> list[psutil.Process]:
-    found = []
-    for p in psutil.Process(server.pid).children(recursive=True):
-        try:
-            parent = p.parent()
-            if is_kernel_process(p.cmdline(), parent.cmdline() if parent else ()):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
+    return kernels_of(server.pid)
 
 
 def wait_for_pool(server: subprocess.Popen, idle: int, timeout: float = 120) -> None:

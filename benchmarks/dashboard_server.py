@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 from digitlib import config
 
 NOTEBOOK = config.PROJ_ROOT / "dashboards" / "digits.ipynb"
@@ -115,3 +117,17 @@ def is_kernel_process(cmdline: Sequence[str], parent_cmdline: Sequence[str] = ()
     if "ipykernel" in line:
         return True
     return "digitlib.kernel_zygote" in line and "digitlib.kernel_zygote" in " ".join(parent_cmdline)
+
+
+def is_kernel(process: psutil.Process) -> bool:
+    """is_kernel_process for a live psutil.Process (False once it is gone)."""
+    try:
+        parent = process.parent()
+        return is_kernel_process(process.cmdline(), parent.cmdline() if parent else ())
+    except psutil.Error:
+        return False
+
+
+def kernels_of(server_pid: int) -> list[psutil.Process]:
+    """The kernel processes (psutil) under the server with `server_pid`."""
+    return [p for p in psutil.Process(server_pid).children(recursive=True) if is_kernel(p)]

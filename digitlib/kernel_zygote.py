@@ -35,8 +35,9 @@ import threading
 import time
 from pathlib import Path
 
+from digitlib.kernel_launcher import KERNEL_MODULE
+
 LAUNCHER = Path(__file__).resolve().parent / "kernel_launcher.py"
-KERNEL_MODULE = "ipykernel_launcher"
 # What every dashboard kernel imports, imported once here. Not ipycanvas, not digitlib.dashboard (it
 # imports ipycanvas): ipycanvas creates a widget at import, which must belong to the kernel's own comm
 # manager. Not onnxruntime: importing it starts a thread (and costs ~30 ms in the kernel).
