@@ -5,11 +5,18 @@ import sys
 import pytest
 import torch
 
-from digitlib.dataset import train_val_split
-from digitlib.modeling.checkpoint import load_model
+from digitlib.dataset import normalise, train_val_split
+from digitlib.modeling.checkpoint import build_for, load_model
 from digitlib.modeling.models import build_model
 from digitlib.modeling.predict import evaluate
-from digitlib.modeling.train import TrainConfig, hardware_name, pick_device, save_training, train
+from digitlib.modeling.train import (
+    TrainConfig,
+    evaluate_loss_accuracy,
+    hardware_name,
+    pick_device,
+    save_training,
+    train,
+)
 
 
 def small_config(**kw):
@@ -104,6 +111,16 @@ def test_bad_options_are_refused(mnist_train):
         train(small_config(epochs=0), mnist_train.head(100), progress=False)
     with pytest.raises(ValueError, match="precision"):
         train(small_config(precision="fp8"), mnist_train.head(100), progress=False)
+
+
+def test_validation_accuracy_is_the_top_digit_class_as_on_the_test_set(mnist_test):
+    digits = mnist_test.head(200)
+    model = build_for("seed", {}, outputs=11).eval()
+    with torch.no_grad():
+        model[-1].bias[10] = 1e3  # the raw "not a digit" output always on top
+        top_digit = model(normalise(digits.images))[:, :10].argmax(1)
+    _, accuracy = evaluate_loss_accuracy(model, digits)
+    assert accuracy == (top_digit == digits.labels).sum().item() / len(digits) > 0
 
 
 def test_hardware_name_is_the_gpu_or_the_cpu_model(monkeypatch):
