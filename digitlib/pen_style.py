@@ -12,7 +12,9 @@ layout step (preprocess.to_mnist_layout):
   slanted, rotated, stretched, jittered point by point and rendered by
   preprocess.strokes_to_input, the path every drawing takes.
 
-Both are cached under data/cache (computing them takes about a millisecond an image).
+Both are cached under data/cache (computing them takes about a millisecond an image); the
+cache names carry a digest of the code that draws them, so an edited generator never reuses
+images drawn by the old one.
 """
 
 from __future__ import annotations
@@ -230,11 +232,20 @@ def stroke_digit_images(n: int, seed: int = 0, cache_dir: Path | None = None) ->
     return arrays["images"], arrays["labels"].astype(np.int64)
 
 
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """A digest of the code that draws the cached images: this module and the preprocessing it renders with."""
+    from digitlib import preprocess
+
+    sources = (Path(__file__), Path(preprocess.__file__))
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:8]
+
+
 def _cached(cache_dir: Path | None, name: str, compute) -> dict[str, np.ndarray]:
-    """`compute()`'s arrays, kept in `cache_dir`/`name`.npz when a folder is given."""
+    """`compute()`'s arrays, kept in `cache_dir`/`name`-<code digest>.npz when a folder is given."""
     if cache_dir is None:
         return compute()
-    path = Path(cache_dir) / f"{name}.npz"
+    path = Path(cache_dir) / f"{name}-{_code_digest()}.npz"
     if path.is_file():
         try:
             with np.load(path) as stored:

@@ -51,6 +51,18 @@ def test_redraw_images_is_seeded_and_cached(mnist_train, tmp_path, monkeypatch):
     assert np.array_equal(first, pen_style.redraw_images(images, seed=3, cache_dir=tmp_path))
 
 
+def test_edited_drawing_code_does_not_reuse_the_cache(mnist_train, tmp_path, monkeypatch):
+    images = mnist_train.images[:5].numpy()
+    pen_style.redraw_images(images, seed=0, cache_dir=tmp_path)
+    monkeypatch.setattr(pen_style, "_code_digest", lambda: "edited0")
+    calls = []
+    real = pen_style.redraw_digit
+    monkeypatch.setattr(pen_style, "redraw_digit", lambda *a: calls.append(1) or real(*a))
+    pen_style.redraw_images(images, seed=0, cache_dir=tmp_path)
+    assert len(calls) == len(images)  # drawn again, not read from the old code's file
+    assert len(list(tmp_path.glob("redraw-*.npz"))) == 2
+
+
 def test_a_torn_cache_file_is_computed_again(mnist_train, tmp_path):
     images = mnist_train.images[:5].numpy()
     expected = pen_style.redraw_images(images, seed=0, cache_dir=tmp_path)
