@@ -1,4 +1,4 @@
-"""Command line: `digitlib train`, `evaluate`, `eval-drawings` (also `python -m digitlib`).
+"""Command line: `digitlib train`, `ensemble`, `evaluate`, `eval-drawings` (also `python -m digitlib`).
 
 Thin: parses arguments, calls library code, prints results. With --json the last line of
 standard output is one JSON object (a contract used by outside checks).
@@ -85,6 +85,31 @@ def cmd_train(args: argparse.Namespace) -> dict:
     metrics = record_training_run(result, out, full, test, command=command, recipe=args.recipe)
     keep = ("epochs", "val_accuracy", "test_accuracy", "train_seconds", "images_per_second", "device", "precision")
     return {"model": str(out), **{k: metrics.get(k) for k in keep}}
+
+
+def cmd_ensemble(args: argparse.Namespace) -> dict:
+    from digitlib.dataset import load_mnist, train_val_split
+    from digitlib.modeling.checkpoint import load_model
+    from digitlib.modeling.train import TrainResult, ensemble_result
+    from digitlib.runs import record_training_run
+
+    members = [TrainResult.from_saved(load_model(d)) for d in args.members]
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two model directories")
+    if any(m.config.members != 1 for m in members):
+        raise ValueError("members must be single models, not ensembles")
+    if len({m.config.val_size for m in members}) != 1 or members[0].config.val_size < 1:
+        # The ensemble is calibrated on the validation images: no member may have trained on them.
+        raise ValueError("members must hold out the same validation images (val_size) to be calibrated together")
+    full = load_mnist("train", args.mnist_dir)
+    _, val_digits = train_val_split(full, members[0].config.val_size, seed=0)
+    result = ensemble_result(members, members[0].config, val_digits)
+    test = None if args.no_test else load_mnist("test", args.mnist_dir)
+    out = Path(args.out) if args.out else config.MODELS_DIR / args.name
+    command = " ".join(["digitlib", *sys.argv[1:]])
+    metrics = record_training_run(result, out, full, test, command=command)
+    keep = ("val_accuracy", "test_accuracy", "train_seconds")
+    return {"model": str(out), "members": len(members), **{k: metrics.get(k) for k in keep}}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
@@ -210,6 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     _add_train_options(train)
     train.set_defaults(func=cmd_train)
+
+    en = sub.add_parser(
+        "ensemble", help="join trained model directories (one recipe, other seeds) into one model, calibrated anew"
+    )
+    en.add_argument("members", nargs="+", help="model directories trained with the same validation split")
+    en.add_argument("--name", default="ensemble", help="model directory name under models/ (default: ensemble)")
+    en.add_argument("--out", help="model directory (overrides --name)")
+    en.add_argument("--mnist-dir", help="folder with the MNIST files (default: MNIST_DIR, data/mnist)")
+    en.add_argument("--no-test", action="store_true", help="skip the test-set evaluation")
+    en.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    en.set_defaults(func=cmd_ensemble)
 
     ev = sub.add_parser("evaluate", help="evaluate a model on MNIST")
     ev.add_argument("--model", help=model_help)

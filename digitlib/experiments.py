@@ -64,9 +64,13 @@ def read_metrics(path: str | Path) -> dict:
 def training_metrics(result, test_summary: dict | None = None) -> dict:
     """JSON-ready figures of a training run (a TrainResult): last epoch, timings, test set."""
     last = result.history[-1]
+    # An ensemble's history holds each member's epochs; its validation figures are the ensemble's own.
+    epochs = sum(1 for record in result.history if record.get("member") == last.get("member"))
+    val = {k: result.extra[k] for k in ("val_loss", "val_accuracy") if k in result.extra}
     metrics = {
-        "epochs": len(result.history),
+        "epochs": epochs,
         **{k: last[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy") if k in last},
+        **val,
         "train_seconds": round(result.train_seconds, 2),
         "images_per_second": round(result.images_per_second, 1),
         "device": result.device,
@@ -85,7 +89,8 @@ def history_table(history: list[dict]) -> pd.DataFrame:
 
     The learning rate keeps its magnitude (rounding to 4 places showed 3e-5 as 0.0).
     """
-    table = pd.DataFrame(history).set_index("epoch")
+    frame = pd.DataFrame(history)
+    table = frame.set_index(["member", "epoch"] if "member" in frame else "epoch")
     rounded = table.drop(columns=["lr"], errors="ignore").round(4)
     if "lr" in table:
         rounded.insert(0, "lr", [f"{v:.2e}" for v in table["lr"]])

@@ -71,8 +71,11 @@ def sample_grid(digits: Digits, per_class: int = 5, seed: int = 0) -> Figure:
 
 
 def training_curves(history: list[dict]) -> Figure:
-    """Loss and accuracy per epoch, training and validation side by side."""
+    """Loss and accuracy per epoch, training and validation side by side (an ensemble: a line per member)."""
     frame = pd.DataFrame(history)
+    if "member" not in frame:
+        frame["member"] = 1
+    members = sorted(frame["member"].unique())
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     # train: the augmented, label-smoothed batches as trained; train_clean: training digits measured
     # as validation is (no augmentation, no smoothing), the one to compare with validation.
@@ -80,10 +83,14 @@ def training_curves(history: list[dict]) -> Figure:
     if "train_clean_loss" in frame:
         names["train"] = "train (augmented, smoothed)"
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
-        for split, label in names.items():
+        for colour, (split, label) in enumerate(names.items()):
             column = f"{split}_{metric}"
-            if column in frame:
-                ax.plot(frame["epoch"], frame[column], marker="o", label=label)
+            if column not in frame:
+                continue
+            for k, member in enumerate(members):
+                rows = frame[frame["member"] == member]
+                marker, name = "os^vD"[k % 5], label if len(members) == 1 else f"{label}, member {member}"
+                ax.plot(rows["epoch"], rows[column], marker=marker, color=f"C{colour}", label=name)
         ax.set(xlabel="epoch", ylabel=metric, title=f"{metric.capitalize()} per epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from digitlib import __version__
-from digitlib.modeling.models import build_model
+from digitlib.modeling.models import Ensemble, build_model
 from digitlib.preprocess import MNIST_MEAN, MNIST_STD, standardise
 
 # Shared with the torch-free side (registry, dashboard), so they live there.
@@ -123,14 +123,26 @@ def calibrated(logits: torch.Tensor, temperature, scale, bias) -> tuple[torch.Te
 
 
 def build_for(arch: str, arch_params: dict, outputs: int = DIGITS) -> nn.Module:
-    """An architecture with `outputs` outputs: its last Linear layer widened for "not a digit"."""
-    model = build_model(arch, **arch_params)
+    """An architecture with `outputs` outputs: its last Linear layer widened for "not a digit".
+
+    `arch_params["members"]` > 1 builds an Ensemble of that many.
+    """
+    params = dict(arch_params)
+    members = int(params.pop("members", 1))
+    if members > 1:
+        return Ensemble([build_for(arch, params, outputs) for _ in range(members)])
+    model = build_model(arch, **params)
     if outputs != DIGITS:
         last = model[-1]
         if not isinstance(last, nn.Linear):
             raise ValueError(f"architecture {arch!r} does not end in a Linear layer")
         model[-1] = nn.Linear(last.in_features, outputs)
     return model
+
+
+def arch_params_of(model: nn.Module) -> dict:
+    """The arch_params that rebuild `model` with build_for (the registered architectures' defaults)."""
+    return {"members": len(model.members)} if isinstance(model, Ensemble) else {}
 
 
 def save_model(model: nn.Module, directory: str | Path, metadata: dict, onnx_check_limit: int | None = None) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 DEFAULT_ARCH = "vggbn"
@@ -53,6 +54,23 @@ def vggbn_cnn(width: int = 32, hidden: int = 256, dropout: float = 0.3) -> nn.Mo
 def vggbn48_cnn() -> nn.Module:
     """vggbn with 48 and 96 channels: about 2.3x its multiply-adds, 1.6x its weights (2.2 MB)."""
     return vggbn_cnn(width=48)
+
+
+class Ensemble(nn.Module):
+    """Models of one architecture trained with different seeds; their logits averaged.
+
+    Seeds err on different digits, so together they make fewer errors than each alone; the
+    average of logits keeps the output a logit vector, which calibration and export take as is.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)
 
 
 ARCHITECTURES = {"seed": seed_cnn, "vggbn": vggbn_cnn, "vggbn48": vggbn48_cnn}

@@ -11,7 +11,7 @@ import platform
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,17 @@ from tqdm.auto import tqdm
 
 from digitlib import augment, config
 from digitlib.dataset import Digits
-from digitlib.modeling.checkpoint import DIGITS, NOT_DIGIT, LoadedModel, build_for, load_model, save_model
-from digitlib.modeling.models import DEFAULT_ARCH
+from digitlib.modeling.checkpoint import (
+    DIGITS,
+    NOT_DIGIT,
+    LoadedModel,
+    arch_params_of,
+    build_for,
+    load_model,
+    outputs_of,
+    save_model,
+)
+from digitlib.modeling.models import DEFAULT_ARCH, Ensemble
 from digitlib.preprocess import MNIST_MEAN, MNIST_STD, standardise
 
 
@@ -66,12 +75,16 @@ class TrainConfig:
         "digits written in stroke space (stroke fonts, written variants; pen_style) as a share of the training images",
         default=0.2,
     )
+    members: int = _help(
+        "models trained with seeds seed, seed+1, ... whose logits are averaged (an ensemble)", default=1
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-# Named recipes: `default` makes models/default (robust to drawn digits); `fast` is the
+# Named recipes: `default` makes models/default (robust to drawn digits; `make default-model`
+# trains it with members=2, an ensemble of seeds 0 and 1); `fast` is the
 # quickest to 99.5% on MNIST on a CPU; `seed` reproduces the seed apps' training. On a GPU,
 # small batches leave it waiting on Python, so its recipes take 512 images a step:
 # `sprint` is one epoch to 99% and `fast-gpu` six to 99.5% (epochs measured on CPU).
@@ -128,6 +141,30 @@ class TrainResult:
     precision: str = "fp32"  # what "auto" chose: bf16 (autocast) or fp32
     hardware: str = ""  # the GPU or CPU model the timings were taken on
     extra: dict = field(default_factory=dict)
+    origin: dict = field(default_factory=dict)  # a saved run's version and path (TrainResult.from_saved)
+
+    @classmethod
+    def from_saved(cls, loaded: LoadedModel) -> TrainResult:
+        """A saved training run as a result again (to join an ensemble): its weights and records."""
+        meta = loaded.metadata
+        if "training" not in meta:
+            raise ValueError(f"{loaded.path}: no training record in its metadata")
+        known = {f.name for f in fields(TrainConfig)}
+        cfg = TrainConfig(**{k: v for k, v in meta["training"].items() if k in known})
+        seconds = float(meta.get("train_seconds", 0.0))
+        return cls(
+            loaded.model,
+            cfg,
+            meta.get("history", []),
+            meta.get("device", "cpu"),
+            seconds,
+            round(seconds * float(meta.get("images_per_second", 0.0))),
+            bool(meta.get("stopped_early", False)),
+            meta.get("precision", "fp32"),
+            meta.get("hardware", ""),
+            {"outputs": outputs_of(meta)},
+            {"version": loaded.version, "path": str(loaded.path)},
+        )
 
     @property
     def images_per_second(self) -> float:
@@ -271,12 +308,13 @@ def _initial_model(cfg: TrainConfig, outputs: int) -> nn.Module:
     """
     if cfg.init_from is None:
         return build_for(cfg.arch, {}, outputs)
-    model = load_model(cfg.init_from, expect_arch=cfg.arch).model
+    base = load_model(cfg.init_from, expect_arch=cfg.arch)
+    model, base_outputs = base.model, outputs_of(base.metadata)
+    if base_outputs == outputs:
+        return model  # an ensemble is fine-tuned whole: its members learn from the averaged logits
+    if base_outputs != DIGITS or outputs != DIGITS + 1 or isinstance(model, Ensemble):
+        raise ValueError(f"cannot fine-tune a {base_outputs}-output model into a {outputs}-output one")
     last = model[-1]
-    if last.out_features == outputs:
-        return model
-    if last.out_features != DIGITS or outputs != DIGITS + 1:
-        raise ValueError(f"cannot fine-tune a {last.out_features}-output model into a {outputs}-output one")
     wider = nn.Linear(last.in_features, outputs)
     with torch.no_grad():
         wider.weight[:DIGITS] = last.weight
@@ -379,14 +417,72 @@ def train(
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train a fresh model; returns it with its per-epoch history.
+    """Train a fresh model (or `cfg.members` of them, an Ensemble); returns it with its per-epoch history.
 
     `on_epoch(record, model)` is called after each epoch (benchmarks use it to test the model
     as it trains, outside the timed part). Under torchrun each process trains on its share of
     every epoch and DistributedDataParallel keeps the copies equal; `batch_size` is per process.
+    An ensemble's members are trained one after the other with seeds seed, seed+1, ...; its
+    history has a `member` entry (1, 2, ...) in each record.
     """
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError("epochs and batch_size must be at least 1")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.members < 1:
+        raise ValueError("epochs, batch_size and members must be at least 1")
+    if cfg.members == 1:
+        return _train_one(cfg, train_digits, val_digits, on_epoch, progress)
+    if cfg.init_from is not None:
+        raise ValueError("init_from fine-tunes the saved model (an ensemble too) as it is: members must be 1")
+    members = []
+    for i in range(cfg.members):
+        member_cfg = replace(cfg, seed=cfg.seed + i, members=1)
+        if progress and distributed_rank_world()[0] == 0:
+            tqdm.write(f"ensemble member {i + 1}/{cfg.members} (seed {member_cfg.seed})")
+        members.append(_train_one(member_cfg, train_digits, val_digits, on_epoch, progress, calibrated=False))
+    return ensemble_result(members, cfg, val_digits)
+
+
+def ensemble_result(members: list[TrainResult], cfg: TrainConfig, val_digits: Digits | None = None) -> TrainResult:
+    """Trained members as one Ensemble, measured and calibrated on `val_digits` as a single model is."""
+    if len({m.extra.get("outputs", DIGITS) for m in members}) != 1 or len({m.config.arch for m in members}) != 1:
+        raise ValueError("ensemble members must share an architecture and their outputs")
+    model = Ensemble([m.model for m in members]).eval()
+    history = [{"member": i, **record} for i, m in enumerate(members, 1) for record in m.history]
+    extra = {"outputs": members[0].extra.get("outputs", DIGITS)}
+    extra["members"] = [
+        {"seed": m.config.seed, "val_accuracy": m.history[-1].get("val_accuracy") if m.history else None, **m.origin}
+        for m in members
+    ]
+    if val_digits is not None and len(val_digits) and distributed_rank_world()[0] == 0:
+        device = pick_device(cfg.device)
+        model.to(device)
+        val_digits = Digits(val_digits.images.to(device), val_digits.labels.to(device))
+        for record, member in zip(extra["members"], model.members, strict=True):  # measured alike, today
+            record["val_accuracy"] = evaluate_loss_accuracy(member, val_digits)[1]
+        extra["val_loss"], extra["val_accuracy"] = evaluate_loss_accuracy(model, val_digits)
+        extra.update(calibrate(model, cfg, val_digits))
+    first = members[0]
+    return TrainResult(
+        model.cpu(),
+        replace(cfg, members=len(members)),
+        history,
+        first.device,
+        sum(m.train_seconds for m in members),
+        sum(m.images_seen for m in members),
+        any(m.stopped_early for m in members),
+        first.precision,
+        first.hardware,
+        extra,
+    )
+
+
+def _train_one(
+    cfg: TrainConfig,
+    train_digits: Digits,
+    val_digits: Digits | None = None,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+    calibrated: bool = True,
+) -> TrainResult:
+    """Train one model; `calibrated`: fit its calibration on `val_digits` (an ensemble's members are not)."""
     device = pick_device(cfg.device)
     rank, world = distributed_rank_world()
     if world > 1 and device.type == "cuda":
@@ -490,7 +586,7 @@ def train(
             break
     model.eval()
     extra = {"outputs": outputs}
-    if val_digits is not None and len(val_digits) and rank == 0:
+    if val_digits is not None and len(val_digits) and rank == 0 and calibrated:
         extra.update(calibrate(model, cfg, val_digits))
     precision = "bf16" if bf16 else "fp32"
     hardware = hardware_name(device)
@@ -517,7 +613,7 @@ def save_training(result: TrainResult, directory: str | Path, extra_metadata: di
     """Save a trained model with its configuration, history and timings."""
     meta = {
         "arch": result.config.arch,
-        "arch_params": {},
+        "arch_params": arch_params_of(result.model),
         "training": result.config.to_dict(),
         "history": result.history,
         "device": result.device,
