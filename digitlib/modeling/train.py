@@ -83,8 +83,7 @@ class TrainConfig:
         return asdict(self)
 
 
-# Named recipes: `default` makes models/default (robust to drawn digits; `make default-model`
-# trains it with members=2, an ensemble of seeds 0 and 1); `fast` is the
+# Named recipes: `default` makes models/default (robust to drawn digits); `fast` is the
 # quickest to 99.5% on MNIST on a CPU; `seed` reproduces the seed apps' training. On a GPU,
 # small batches leave it waiting on Python, so its recipes take 512 images a step:
 # `sprint` is one epoch to 99% and `fast-gpu` six to 99.5% (epochs measured on CPU).
