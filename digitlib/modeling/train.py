@@ -443,18 +443,21 @@ def ensemble_result(members: list[TrainResult], cfg: TrainConfig, val_digits: Di
     """Trained members as one Ensemble, measured and calibrated on `val_digits` as a single model is."""
     if len({m.extra.get("outputs", DIGITS) for m in members}) != 1 or len({m.config.arch for m in members}) != 1:
         raise ValueError("ensemble members must share an architecture and their outputs")
+    if any(m.config.members != 1 or isinstance(m.model, Ensemble) for m in members):
+        raise ValueError("members must be single models, not ensembles")
+    validated = val_digits is not None and len(val_digits)
+    if len({m.config.val_size for m in members}) != 1 or (validated and members[0].config.val_size < 1):
+        # The ensemble is calibrated on the validation images: no member may have trained on them.
+        raise ValueError("members must hold out the same validation images (val_size) to be calibrated together")
     model = Ensemble([m.model for m in members]).eval()
     history = [{"member": i, **record} for i, m in enumerate(members, 1) for record in m.history]
     extra = {"outputs": members[0].extra.get("outputs", DIGITS)}
-    extra["members"] = [
-        {"seed": m.config.seed, "val_accuracy": m.history[-1].get("val_accuracy") if m.history else None, **m.origin}
-        for m in members
-    ]
-    if val_digits is not None and len(val_digits) and distributed_rank_world()[0] == 0:
+    extra["members"] = [{"seed": m.config.seed, **m.origin} for m in members]
+    if validated and distributed_rank_world()[0] == 0:
         device = pick_device(cfg.device)
         model.to(device)
         val_digits = Digits(val_digits.images.to(device), val_digits.labels.to(device))
-        for record, member in zip(extra["members"], model.members, strict=True):  # measured alike, today
+        for record, member in zip(extra["members"], model.members, strict=True):  # all measured alike, now
             record["val_accuracy"] = evaluate_loss_accuracy(member, val_digits)[1]
         extra["val_loss"], extra["val_accuracy"] = evaluate_loss_accuracy(model, val_digits)
         extra.update(calibrate(model, cfg, val_digits))
