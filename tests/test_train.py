@@ -68,6 +68,17 @@ def test_all_schedules_and_optimizers_run(mnist_train):
         assert len(result.history) == 1
 
 
+@pytest.mark.parametrize("images", [64, 320, 640])  # 1, 5 and 10 steps of 64
+def test_onecycle_runs_however_few_the_steps(mnist_train, images):
+    # 5 steps once crashed OneCycleLR (a one-step warm-up divides by zero).
+    result = train(
+        small_config(train_subset=None, arch="seed", batch_size=64, negatives=0, redraw=0, stroke_digits=0),
+        mnist_train.head(images),
+        progress=False,
+    )
+    assert len(result.history) == 1 and result.history[0]["train_loss"] > 0
+
+
 @pytest.mark.slow
 def test_the_gpu_bf16_autocast_path_learns_on_cpu(mnist_train, mnist_test):
     # precision="bf16" is what "auto" picks on CUDA: the same autocast code, run here.

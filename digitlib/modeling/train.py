@@ -232,7 +232,11 @@ def _scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
     """A per-step schedule (None for constant)."""
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.2)
+        if total < 4:
+            return None  # too few steps to warm up and anneal: the peak rate throughout
+        # The warm-up spans at least two steps: OneCycleLR divides by zero when it spans one
+        # (a 5-step run at 0.2); from 10 steps on this is 0.2.
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=max(0.2, 2 / total))
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     if cfg.schedule == "step":
