@@ -424,14 +424,12 @@ class Section:
 
     def markdown(self, report_machine: str) -> str:
         body = self.body.strip("\n")
-        if (
-            self.name in BENCHMARKS
-            and self.machine
-            and self.machine != report_machine
-            and "Machine: " not in body.split("\n", 1)[0]
-        ):
+        if self.name in BENCHMARKS:
             first, _, rest = body.partition("\n")
-            body = f"{first} Machine: {self.machine}.\n{rest}".rstrip("\n")
+            first = OWN_MACHINE.sub("", first)  # named again below only if it is not the report's
+            if self.machine and self.machine != report_machine:
+                first = f"{first} Machine: {self.machine}."
+            body = f"{first}\n{rest}".rstrip("\n")
         return f"## {self.name}\n\n{body}\n"
 
 
@@ -440,6 +438,7 @@ def new_section(name: str, table: Table, command: str, date: str, load: float | 
     return Section(name, f"Command: `{command}`. Date: {date}.{load_text}\n\n{table.markdown()}\n")
 
 
+OWN_MACHINE = re.compile(r" Machine: (.+?)\.$")  # a section's own machine, ending its first line
 MACHINE_LINE = re.compile(r"^Machine: (.+?) \(every section unless it names another\)\.$", flags=re.M)
 
 
@@ -450,7 +449,7 @@ def parse_report(text: str) -> tuple[str | None, dict[str, Section]]:
     sections = {}
     for chunk in re.split(r"^## ", text, flags=re.M)[1:]:
         name, _, body = chunk.partition("\n")
-        own = re.search(r" Machine: (.+?)\.$", body.strip("\n").split("\n", 1)[0])
+        own = OWN_MACHINE.search(body.strip("\n").split("\n", 1)[0])
         sections[name.strip()] = Section(name.strip(), body, own.group(1) if own else machine)
     return machine, sections
 

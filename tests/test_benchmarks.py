@@ -240,6 +240,11 @@ def test_rerunning_one_benchmark_keeps_the_other_sections_and_hand_written_ones(
     out.write_text(text)
     again = run_all.update_report(out, "AMD EPYC (2 threads), no GPU", fresh)
     assert again == text  # stable: nothing added on a second write
+    # Back on the first machine: its sections need no note of their own, the report names it once.
+    out.write_text(text)
+    back = run_all.update_report(out, "Intel Xeon (2 threads), no GPU", {})
+    assert back.count("Machine: Intel Xeon (2 threads), no GPU") == 1
+    assert "Date: 2026-12-01. Load average at start: 0.50. Machine: AMD EPYC (2 threads), no GPU." in back
 
 
 def test_every_benchmark_script_exists_and_takes_the_arguments_run_all_gives():
