@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from digitlib.dataset import Digits
@@ -82,6 +83,7 @@ def training_curves(history: list[dict]) -> Figure:
     names = {"train": "train", "train_clean": "train (measured as validation)", "val": "validation"}
     if "train_clean_loss" in frame:
         names["train"] = "train (augmented, smoothed)"
+    markers = "os^vD"
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         for colour, (split, label) in enumerate(names.items()):
             column = f"{split}_{metric}"
@@ -89,13 +91,26 @@ def training_curves(history: list[dict]) -> Figure:
                 continue
             for k, member in enumerate(members):
                 rows = frame[frame["member"] == member]
-                marker, name = "os^vD"[k % 5], label if len(members) == 1 else f"{label}, member {member}"
-                ax.plot(rows["epoch"], rows[column], marker=marker, color=f"C{colour}", label=name)
+                name = label if len(members) == 1 else f"{label}, member {member}"
+                ax.plot(rows["epoch"], rows[column], marker=markers[k % 5], color=f"C{colour}", label=name)
         ax.set(xlabel="epoch", ylabel=metric, title=f"{metric.capitalize()} per epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+    if len(members) == 1:
+        for ax in (loss_ax, acc_ax):
+            ax.legend()
+        fig.tight_layout()
+        return fig
+    # An ensemble: one legend under both plots, colour for the split and marker for the member,
+    # instead of a legend entry per line covering the curves.
+    present = [(c, label) for c, (split, label) in enumerate(names.items()) if f"{split}_loss" in frame]
+    handles = [Line2D([], [], color=f"C{c}", label=label) for c, label in present]
+    handles += [
+        Line2D([], [], color="grey", marker=markers[k % 5], linestyle="", label=f"member {member}")
+        for k, member in enumerate(members)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=max(len(present), len(members)), frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
 
 

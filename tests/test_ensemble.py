@@ -54,7 +54,8 @@ def test_history_and_metrics_tell_members_apart(pair):
     figure = plots.training_curves(pair.history)
     loss_ax = figure.axes[0]
     assert len(loss_ax.lines) == 3 * 2  # train, train measured as validation, validation: per member
-    assert any("member 2" in text.get_text() for text in loss_ax.get_legend().get_texts())
+    (legend,) = figure.legends  # one legend for both plots: a colour per split, a marker per member
+    assert {"validation", "member 1", "member 2"} <= {text.get_text() for text in legend.get_texts()}
 
 
 def test_an_ensemble_saves_reloads_and_serves_the_same_answers(pair, tmp_path, mnist_test):
