@@ -69,6 +69,9 @@ CSS = {
     "skip": "digit-skip",  # another prompt, nothing stored
     "answers_off": "digit-answers-off",  # on the dashboard while there is nothing to answer
 }
+ROOT_CLASS = "digit-dashboard"
+# The buttons that answer a drawing: off (greyed, aria-disabled) while there is nothing to answer.
+ANSWER_BUTTONS = f".digit-answers .jupyter-button, .{CSS['correct']}, .{CSS['done']}"
 FREE_MODE_TEXT, PROMPTED_MODE_TEXT = "Draw what I ask", "Draw freely"
 TOUCH_PX = 44  # smallest comfortable touch target (Apple HIG, WCAG 2.5.5)
 STYLE = f"""<style>
@@ -94,10 +97,9 @@ STYLE = f"""<style>
   .digit-dashboard .digit-answers .jupyter-button {{ min-width: 52px; }}
 }}
 /* Nothing to answer (no drawing, or it is saved): the answer buttons are off. One class on the dashboard,
-   one message, instead of 13 buttons' `disabled` each; a click that still arrives (keyboard) is refused
-   by the kernel (Dashboard.submit). */
-.digit-dashboard.digit-answers-off .digit-answers .jupyter-button, .digit-dashboard.digit-answers-off .digit-correct,
-.digit-dashboard.digit-answers-off .digit-done {{ pointer-events: none; opacity: 0.4; cursor: default; }}
+   one message, instead of 13 buttons' `disabled` each; the page marks them aria-disabled (the pad's
+   off_switch) and a click that still arrives (keyboard) is refused by the kernel (Dashboard.submit). */
+.{ROOT_CLASS}.{CSS["answers_off"]} :is({ANSWER_BUTTONS}) {{ pointer-events: none; opacity: 0.4; cursor: default; }}
 .digit-dashboard .digit-prompt .widget-html-content {{ font-size: 28px; line-height: 44px; }}
 .digit-bars {{ font: 13px monospace; }}
 .digit-bars .row {{ display: flex; align-items: center; gap: 6px; height: 18px; }}
@@ -337,6 +339,7 @@ class Dashboard:
             line_width=self.brush.display_width,
             min_step=MIN_STEP,
             canvas_class=CSS["canvas"],
+            off_switch={"root": f".{ROOT_CLASS}", "class": CSS["answers_off"], "targets": ANSWER_BUTTONS},
             layout=widgets.Layout(width=size, height=size),
         )
         self.canvas.add_class(CSS["pad"])
@@ -361,7 +364,7 @@ class Dashboard:
         self.prompt_label = _with_class(widgets.HTML(), CSS["prompt"])
         self.done_button = _button("Done", CSS["done"], "check", style="success")
         self.skip_button = _button("Skip", CSS["skip"], "forward")
-        self.root = _with_class(widgets.VBox(), "digit-dashboard")  # its children come in layout()
+        self.root = _with_class(widgets.VBox(), ROOT_CLASS)  # its children come in layout()
         self.answers_enabled = True
 
     def _connect(self) -> None:

@@ -36,6 +36,10 @@ class StrokePad(anywidget.AnyWidget):
     max_points = traitlets.Int(MAX_STROKE_POINTS).tag(sync=True)
     canvas_class = traitlets.Unicode("").tag(sync=True)  # the CSS class of the <canvas> itself
     predicted = traitlets.Int(0).tag(sync=True)  # drawings answered so far
+    # Buttons switched off by a class on an ancestor (CSS greys them): {"root": selector of that
+    # ancestor, "class": the class, "targets": selector of the buttons}. The page mirrors it as
+    # aria-disabled, which CSS cannot set, so screen readers and keyboard users are told too.
+    off_switch = traitlets.Dict({}).tag(sync=True)
 
     def show_strokes(self, strokes) -> None:
         """Make the page draw exactly these strokes (lists of (x, y)) on a fresh background."""

@@ -56,8 +56,12 @@ def test_draw_predict_label_and_store(server, browser):
     assert "Draw a digit" in wait_for_text(page, ".digit-prediction", "Draw a digit")
     for css in ["digit-correct", "digit-clear", "digit-undo", "digit-status", *(f"digit-label-{d}" for d in range(10))]:
         assert page.locator(f".{css}").count() == 1, css
+    # Nothing to answer yet: the answer buttons say so to assistive technology too, not only by their look.
+    page.wait_for_selector(".digit-label-7[aria-disabled='true']")
+    assert page.locator(".digit-correct").get_attribute("aria-disabled") == "true"
 
     draw(page, [A_SEVEN])
+    page.wait_for_selector(".digit-label-7[aria-disabled='false']")
     predicted = wait_for_text(page, ".digit-prediction", r"^[0-9]$")
     # The ink is on the canvas: white on black where the stroke went.
     pixel = page.evaluate(
@@ -73,6 +77,7 @@ def test_draw_predict_label_and_store(server, browser):
     # A second click on the same drawing stores nothing more: the answer buttons are off.
     page.wait_for_selector(".digit-dashboard.digit-answers-off")
     assert page.locator(".digit-label-7").evaluate("b => getComputedStyle(b).pointerEvents") == "none"
+    page.wait_for_selector(".digit-label-7[aria-disabled='true']")
 
     store = FeedbackStore(database_url)
     [row] = store.rows()

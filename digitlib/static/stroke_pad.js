@@ -102,11 +102,36 @@ function render({ model, el }) {
   function onPredicted() {
     canvas.dataset.predicted = String(model.get("predicted"));
   }
+  // The off switch (see StrokePad.off_switch): aria-disabled follows the ancestor's class. The pad
+  // may render before it is placed in the page, so the ancestor is looked for until found.
+  const offSwitch = model.get("off_switch") || {};
+  let observer = null;
+  let frame = null;
+  function mirrorOff(root) {
+    const off = String(root.classList.contains(offSwitch.class));
+    for (const target of root.querySelectorAll(offSwitch.targets)) {
+      if (target.getAttribute("aria-disabled") !== off) target.setAttribute("aria-disabled", off);
+    }
+  }
+  function watchOffSwitch(tries) {
+    const root = el.closest(offSwitch.root);
+    if (!root) {
+      if (tries > 0) frame = requestAnimationFrame(() => watchOffSwitch(tries - 1));
+      return;
+    }
+    mirrorOff(root);
+    observer = new MutationObserver(() => mirrorOff(root)); // its class, and buttons rendered later
+    observer.observe(root, { attributes: true, attributeFilter: ["class"], childList: true, subtree: true });
+  }
+  if (offSwitch.root && offSwitch.class && offSwitch.targets) watchOffSwitch(600); // about 10 s of frames
+
   model.on("msg:custom", onMessage);
   model.on("change:predicted", onPredicted);
   redraw();
   model.send({ event: "client_ready" }); // a page that reconnects gets the kernel's drawing back
   return () => {
+    if (observer) observer.disconnect();
+    if (frame !== null) cancelAnimationFrame(frame);
     model.off("msg:custom", onMessage);
     model.off("change:predicted", onPredicted);
   };
