@@ -143,7 +143,7 @@ def export_training_set(
         },
         "label_checks": {
             "checked": check_labels,
-            "kept_in_splits": keep_suspect,
+            "kept_in_train": keep_suspect,  # suspect rows stay in train (the held-out split always keeps them)
             "n_suspect": len(suspects) if suspects is not None else None,
             "in_holdout": int((suspect & holdout).sum()) if suspect is not None else None,
             "suspect": suspects,

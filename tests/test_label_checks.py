@@ -171,7 +171,7 @@ def test_export_leaves_suspect_rows_out_of_training_and_lists_them(poisoned_db, 
     )
     manifest = json.loads((kept / "manifest.json").read_text())
     assert manifest["counts"]["train"]["n"] + manifest["counts"]["holdout"]["n"] == len(flip)
-    assert manifest["label_checks"]["kept_in_splits"] and len(manifest["label_checks"]["suspect"]) == len(listed)
+    assert manifest["label_checks"]["kept_in_train"] and len(manifest["label_checks"]["suspect"]) == len(listed)
     assert "suspect_labels" not in manifest["dropped"]
 
 
